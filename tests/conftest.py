@@ -1,0 +1,82 @@
+"""Shared fixtures: a fresh MLflow store per test (copied from one migrated template), real Hydra configs."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import mlflow
+import pytest
+from hydra import compose, initialize_config_dir
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+from agentexp import tracking
+from trainers.config import CONF_DIR, TrainConfig, from_hydra
+
+TINY = ["debug=fast", "data.image_size=16"]
+"""Overrides for a seconds-long CPU run."""
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    """One sqlite store migrated once per session; each test gets a copy (migrations take seconds)."""
+    db = tmp_path_factory.mktemp("template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{db}").search_experiments()
+    return db
+
+
+class Store:
+    def __init__(self, root: Path):
+        self.root = root
+        self.uri = f"sqlite:///{root / 'mlflow.db'}"
+        self.client = MlflowClient(self.uri)
+
+    def runs(self, kind: str | None = None, experiment: str = "test"):
+        found = self.client.get_experiment_by_name(experiment)
+        if found is None:
+            return []
+        query = f"tags.`{tracking.KIND}` = '{kind}'" if kind else ""
+        return self.client.search_runs([found.experiment_id], query, order_by=["attributes.start_time ASC"])
+
+
+@pytest.fixture(autouse=True)
+def store(tmp_path, template_db, monkeypatch) -> Store:
+    """Every test runs in tmp_path against its own store: nothing lands in the repository's mlruns/."""
+    root = tmp_path / "mlruns"
+    root.mkdir()
+    shutil.copy(template_db, root / "mlflow.db")
+    result = Store(root)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(tracking.ENV_URI, result.uri)
+    monkeypatch.setenv(tracking.ENV_EXPERIMENT, "test")
+    for name in (tracking.ENV_PARENT, tracking.ENV_TRACE):
+        monkeypatch.delenv(name, raising=False)
+    yield result
+    leaked = mlflow.active_run()
+    if leaked is not None:
+        mlflow.end_run()
+        pytest.fail(f"test leaked an active MLflow run {leaked.info.run_id}")
+
+
+def compose_train(overrides: list[str]) -> TrainConfig:
+    """The real trainer config, composed and validated as the app does."""
+    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
+        return from_hydra(compose("train", overrides=overrides))
+
+
+def write_image(path: Path, color: tuple[int, int, int], size: int = 12) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", (size, size), color).save(path)
+    return path
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """Three colour classes, eight images each: learnable in a few steps."""
+    root = tmp_path / "images"
+    colors = {"red": (220, 20, 20), "green": (20, 200, 20), "blue": (20, 20, 220)}
+    for name, (r, g, b) in colors.items():
+        for i in range(8):
+            write_image(root / name / f"{i}.png", (r, g + i, b))
+    return root
