@@ -1,0 +1,180 @@
+"""Quality gate: pure checks that a worker decision is specific, and that its overrides are safe to launch."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import OverrideType
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field
+
+from agentexp.decisions import Action, WorkerDecision
+from trainers.config import CONF_DIR, UserError, from_hydra
+
+SHELL_CHARS = frozenset(";&|`$<>\\*?!~'\"\n\r\x00")
+"""Characters with a meaning to a shell: no legitimate override value needs them."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class RangeRule(_Strict):
+    min: float | None = Field(None, allow_inf_nan=False)
+    """Smallest allowed value (inclusive); None = unbounded."""
+    max: float | None = Field(None, allow_inf_nan=False)
+    """Largest allowed value (inclusive); None = unbounded."""
+
+
+class GateConfig(_Strict):
+    min_rationale_chars: int = Field(ge=0)
+    """A rationale shorter than this (stripped) is too thin to act on."""
+    generic_labels: list[str]
+    """Run-label words that say nothing; a label made only of them (plus digits) is rejected."""
+    max_overrides: int = Field(ge=0)
+    """Most overrides one training decision may carry."""
+    data_root: Path | None = None
+    """Path overrides must stay under this folder; None = the current working directory."""
+    choices: dict[str, list[Any]] = {}
+    """Override key (config group or value) -> the values it may take."""
+    ranges: dict[str, RangeRule] = {}
+    """Override key -> finite numeric range; lists (e.g. aug.crop_scale) are checked element-wise."""
+    paths: list[str] = []
+    """Override keys whose value is a path."""
+
+
+class Verdict(_Strict):
+    passed: bool
+    violations: list[str]
+    """One sentence per problem, naming the override or field."""
+
+
+def check(decision: WorkerDecision, cfg: GateConfig) -> Verdict:
+    """Every reason to refuse the decision, one sentence each; overrides are only checked for train."""
+    violations = []
+    if len(decision.rationale.strip()) < cfg.min_rationale_chars:
+        violations.append(f"The rationale is under {cfg.min_rationale_chars} characters: explain the step.")
+    if decision.action == Action.TRAIN:
+        if decision.run_label and _is_generic(decision.run_label, cfg.generic_labels):
+            violations.append(f"Run label '{decision.run_label}' is generic: name what the run changes.")
+        violations += _check_overrides(decision.overrides, cfg)
+    return Verdict(passed=not violations, violations=violations)
+
+
+def downgrade(decision: WorkerDecision, verdict: Verdict) -> WorkerDecision:
+    """The decision turned into a wait whose rationale gives the gate's reasons; housekeeping is kept."""
+    if verdict.passed:
+        return decision
+    rationale = f"Quality gate refused the {decision.action.value} decision: {' '.join(verdict.violations)}"
+    return WorkerDecision(
+        action=Action.WAIT,
+        rationale=rationale[:2000],
+        monitor_seconds=decision.monitor_seconds,
+        housekeeping=decision.housekeeping,
+    )
+
+
+def check_composes(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
+    """Compose the trainer config with the overrides and validate it; the problems found ([] if none)."""
+    if GlobalHydra.instance().is_initialized():
+        GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(Path(conf_dir).resolve())):
+            from_hydra(compose("train", overrides=list(overrides)))
+    except (HydraException, OmegaConfBaseException, UserError) as err:
+        # Hydra's hints (search path, "use +key") add noise and suggest what the gate forbids.
+        message = re.split(r" (?:Config search path|To append to your config)", " ".join(str(err).split()))[0]
+        return [f"The overrides do not compose with the trainer config: {message[:400]}"]
+    return []
+
+
+def _is_generic(label: str, generic: list[str]) -> bool:
+    words = [w for w in re.split(r"[\d._-]+", label.lower()) if w]
+    return all(w in {g.lower() for g in generic} for w in words)
+
+
+def _check_overrides(overrides: list[str], cfg: GateConfig) -> list[str]:
+    violations = []
+    if len(overrides) > cfg.max_overrides:
+        violations.append(f"{len(overrides)} overrides given; at most {cfg.max_overrides} are allowed.")
+    keys: set[str] = set()
+    for text in overrides:
+        problem, key = _check_override(text, cfg)
+        if problem is None and key in keys:
+            problem = f"Override '{text}' sets {key} a second time."
+        keys.add(key)
+        if problem:
+            violations.append(problem)
+    return violations
+
+
+def _check_override(text: str, cfg: GateConfig) -> tuple[str | None, str]:
+    """The first problem with one override (or None), and the key it sets."""
+    if "_target_" in text:
+        return f"Override '{text}' touches _target_, which would instantiate arbitrary code.", ""
+    if "${" in text:
+        return f"Override '{text}' uses ${{...}} interpolation, which is not allowed.", ""
+    try:
+        override = OverridesParser.create().parse_overrides([text])[0]
+    except HydraException:
+        return f"Override '{text}' is not valid Hydra override syntax.", ""
+    key = override.key_or_group
+    if re.split(r"[./]", key)[0] == "hydra":
+        return f"Override '{text}' touches hydra.*, which only the user may change.", key
+    if override.type != OverrideType.CHANGE:
+        return f"Override '{text}' uses a +, ++ or ~ prefix, which adds or deletes config keys.", key
+    if override.package is not None:
+        return f"Override '{text}' uses @package syntax, which is not allowed.", key
+    if override.is_sweep_override():
+        return f"Override '{text}' is a sweep (a=1,2, choice(), range(), glob()); give one value.", key
+    if key not in cfg.choices and key not in cfg.ranges and key not in cfg.paths:
+        return f"Override '{text}' sets {key}, which is not an allowed key.", key
+    return _check_value(text, key, override.value(), cfg), key
+
+
+def _check_value(text: str, key: str, value: Any, cfg: GateConfig) -> str | None:
+    items = value if isinstance(value, list) else [value]
+    if any(isinstance(v, str) and SHELL_CHARS & set(v) for v in items):
+        return f"Override '{text}' has shell metacharacters in its value."
+    if key in cfg.choices and not any(_same(value, c) for c in cfg.choices[key]):
+        allowed = ", ".join("null" if c is None else str(c) for c in cfg.choices[key])
+        return f"Override '{text}' is not an allowed choice for {key} ({allowed})."
+    if key in cfg.ranges:
+        return _check_range(text, key, items, cfg.ranges[key])
+    if key in cfg.paths:
+        if not isinstance(value, str):
+            return f"Override '{text}' must give a path for {key}."
+        if not _inside(value, cfg.data_root):
+            return f"Override '{text}' points outside the data root."
+    return None
+
+
+def _check_range(text: str, key: str, items: list[Any], rule: RangeRule) -> str | None:
+    for v in items:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            return f"Override '{text}' must give a number for {key}."
+        if not math.isfinite(v):
+            return f"Override '{text}' is not a finite number (NaN or inf)."
+        if (rule.min is not None and v < rule.min) or (rule.max is not None and v > rule.max):
+            return f"Override '{text}' is outside the allowed range {rule.min}..{rule.max} for {key}."
+    return None
+
+
+def _same(value: Any, choice: Any) -> bool:
+    """Equal and of the same type, so that 1 does not match true."""
+    return type(value) is type(choice) and value == choice
+
+
+def _inside(value: str, data_root: Path | None) -> bool:
+    # Lexical (abspath, not resolve): `..` escapes are refused, while a symlink the user placed
+    # (the workspace's `data` link) is trusted. Relative paths resolve as the trainer sees them: from the cwd.
+    root = Path(os.path.abspath(data_root or "."))
+    return Path(os.path.abspath(value)).is_relative_to(root)
