@@ -1,0 +1,146 @@
+"""The LLM backend protocol: request/response models, errors and the backend configs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+JSON_ONLY = "Reply with exactly one JSON object that matches the JSON schema: no prose, no code fences."
+
+
+class LLMError(Exception):
+    """A backend could not produce an answer; the message is one user-readable line."""
+
+
+class ScriptExhausted(LLMError):
+    """The scripted backend ran out of responses: the loop stops cleanly."""
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    """Collapse whitespace so an error message stays on one line, cut to `limit` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class Usage(_Model):
+    input_tokens: int = 0
+    """Prompt tokens billed for the call (cached ones included)."""
+    output_tokens: int = 0
+    """Completion tokens billed for the call."""
+    cost_usd: float = 0.0
+    """Tokens times the configured prices."""
+
+
+class LLMRequest(_Model):
+    role: Literal["worker", "mentor"]
+    """Which agent asks."""
+    prompt: str
+    """The rendered prompt."""
+    json_schema: dict[str, Any]
+    """JSON schema of the expected output."""
+    context: dict[str, Any] = {}
+    """Structured context (runs, signals, history); offline backends reason from it."""
+
+
+class LLMResponse(_Model):
+    raw: str
+    """The model's output, verbatim."""
+    usage: Usage
+    """Tokens and cost of this call."""
+    latency_s: float
+    """Wall-clock seconds the call took."""
+    model: str
+    """The model that answered."""
+
+
+class Backend(Protocol):
+    """Anything that answers a request with a raw response."""
+
+    def decide(self, request: LLMRequest) -> LLMResponse: ...
+
+
+class _Common(_Model):
+    model: str | None = None
+    """Model name; null = the backend's default."""
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    """Reasoning effort for models that support it; null = provider default."""
+    web_search: bool = False
+    """Let the model search the web where the backend supports it."""
+    timeout_s: float = Field(default=120.0, gt=0)
+    """Seconds one call may take before it fails with a clear error."""
+    input_cost_per_mtok: float = Field(default=0.0, ge=0)
+    """USD per million input tokens."""
+    output_cost_per_mtok: float = Field(default=0.0, ge=0)
+    """USD per million output tokens."""
+
+    def usage(self, input_tokens: int, output_tokens: int) -> Usage:
+        """Usage with its cost at the configured prices."""
+        cost = (input_tokens * self.input_cost_per_mtok + output_tokens * self.output_cost_per_mtok) / 1e6
+        return Usage(input_tokens=input_tokens, output_tokens=output_tokens, cost_usd=cost)
+
+
+class PlannerConfig(_Common):
+    name: Literal["planner"] = "planner"
+    """Offline Optuna planner: no network."""
+    space: dict[str, Any] = {}
+    """Search space the planner proposes from."""
+    n_startup_trials: int = 4
+    """Trials sampled at random before TPE takes over."""
+    seed: int = 0
+    """Sampler seed."""
+
+
+class CodexConfig(_Common):
+    name: Literal["codex"] = "codex"
+    """`codex exec` subprocess."""
+    binary: str = "codex"
+    """Codex CLI executable (looked up on PATH)."""
+    codex_home: Path | None = None
+    """CODEX_HOME holding the login; null = <workspace>/codex_home."""
+    sandbox: Literal["read-only"] = "read-only"
+    """Codex sandbox mode; the loop only reads."""
+
+
+class OpenAIConfig(_Common):
+    name: Literal["openai"] = "openai"
+    """OpenAI SDK, any OpenAI-compatible server."""
+    base_url: str | None = None
+    """API base URL (Ollama, vLLM, llama.cpp); null = api.openai.com."""
+    api_key_env: str = "OPENAI_API_KEY"
+    """Environment variable holding the API key; local servers accept any key."""
+
+
+class AnthropicConfig(_Common):
+    name: Literal["anthropic"] = "anthropic"
+    """Anthropic SDK."""
+    base_url: str | None = None
+    """API base URL; null = api.anthropic.com."""
+    api_key_env: str = "ANTHROPIC_API_KEY"
+    """Environment variable holding the API key."""
+    max_tokens: int = Field(default=4096, gt=0)
+    """Most tokens one answer may have."""
+
+
+class ScriptedConfig(_Common):
+    name: Literal["scripted"] = "scripted"
+    """Replays a JSONL file of responses."""
+    script: Path
+    """JSONL file: one object per line whose `raw` is returned verbatim."""
+
+
+LLMConfig = Annotated[
+    PlannerConfig | CodexConfig | OpenAIConfig | AnthropicConfig | ScriptedConfig,
+    Field(discriminator="name"),
+]
+_ADAPTER: TypeAdapter[LLMConfig] = TypeAdapter(LLMConfig)
+
+
+def parse_llm_config(data: dict[str, Any]) -> LLMConfig:
+    """Validate a plain dict (e.g. a composed `llm` group) into the matching backend config."""
+    return _ADAPTER.validate_python(data)
