@@ -1,0 +1,322 @@
+"""The `.llm_loop/` workspace: state, heartbeat, events, storyline, notes, stop file, single-instance lock."""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+from filelock import FileLock, Timeout
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+log = logging.getLogger(__name__)
+
+WorkpadSection = Literal["Notes", "Data Exploration"]
+RUN_LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
+_RESERVED_EVENT_KEYS = {"ts", "cycle", "cycle_trace_id", "event"}
+_HEADING_RE = re.compile(r"^\s*#{1,6}\s")
+
+
+class WorkspaceError(Exception):
+    """A workspace problem a user can fix, stated in one sentence."""
+
+
+class AlreadyRunning(WorkspaceError):
+    """Another loop holds this workspace's single-instance lock."""
+
+
+class ActiveRun(BaseModel):
+    """A training process the loop started and still watches."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    pid: int
+    """Process id of the trainer subprocess."""
+    run_label: str
+    """The worker's label for the run (also the log file name)."""
+    log_path: Path
+    """File receiving the trainer's stdout and stderr."""
+    cycle: int
+    """Cycle that launched the run."""
+    cycle_trace_id: str
+    """Trace id of the launching cycle."""
+    started_at: float
+    """Unix time the process started."""
+    monitor_until: float
+    """Unix time until which the launching cycle watches the run."""
+    mlflow_run_id: str | None = None
+    """MLflow run id of the training, once known."""
+    attempt: int = 1
+    """1 for the first launch, 2 after an auto-repair retry."""
+    overrides: list[str] = Field(default_factory=list)
+    """Hydra overrides the trainer was started with."""
+
+
+class State(BaseModel):
+    """What the loop needs to resume after a crash: counters and live runs."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    session_id: str = Field(default_factory=lambda: uuid.uuid4().hex)
+    """Identifies one loop session across restarts."""
+    loop_run_id: str | None = None
+    """MLflow run id of this session's loop run."""
+    cycle: int = 0
+    """Number of completed cycles."""
+    active_runs: list[ActiveRun] = Field(default_factory=list)
+    """Training processes still being watched."""
+    last_training_end: float | None = None
+    """Unix time the most recent training ended."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Replace `path` with `text` so readers see the old or the new file, never a partial one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def flatten(text: str) -> str:
+    """One line: newlines and runs of whitespace become single spaces."""
+    return " ".join(text.split())
+
+
+def _escape_headings(text: str) -> str:
+    # Entry text is data: a line like "## Notes" inside it must not open a section.
+    return "\n".join("\\" + line if _HEADING_RE.match(line) else line for line in text.splitlines())
+
+
+def _finite(value: Any) -> Any:
+    """JSON-safe copy: NaN/inf become None (strict JSON has no NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def _tail(path: Path, chars: int) -> str:
+    """Last `chars` characters of a text file without reading all of it."""
+    if chars <= 0 or not path.exists():
+        return ""
+    with path.open("rb") as handle:
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(0, size - 4 * chars))  # utf-8 is at most 4 bytes per character
+        text = handle.read().decode("utf-8", errors="ignore")
+    return text[-chars:]
+
+
+class Workspace:
+    """The only writer of `.llm_loop/`; `root` is that directory."""
+
+    def __init__(self, root: Path, clock: Callable[[], float] = time.time) -> None:
+        self.root = Path(root)
+        self.clock = clock
+        self.logs = self.root / "logs"
+        self.artifacts = self.root / "artifacts"
+        self.state_path = self.root / "state.json"
+        self.heartbeat_path = self.logs / "daemon_heartbeat.json"
+        self.events_path = self.logs / "events.jsonl"
+        self.storyline_path = self.root / "storyline.md"
+        self.workpad_path = self.artifacts / "workpad.md"
+        self.mentor_notes_path = self.artifacts / "mentor_notes.md"
+        self.stop_path = self.root / "STOP"
+        self.lock_path = self.logs / "loop.lock"
+        self.pid_path = self.logs / "loop.pid"
+
+    def create(self) -> Workspace:
+        """Create the folders (idempotent)."""
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        return self
+
+    # state ---------------------------------------------------------------------------------------
+
+    def load_state(self) -> State | None:
+        """The saved state, or None when the workspace has none yet."""
+        if not self.state_path.exists():
+            return None
+        try:
+            return State.model_validate_json(self.state_path.read_text(encoding="utf-8"))
+        except ValidationError as exc:
+            msg = f"{self.state_path} is not a valid agentexp state ({exc.error_count()} errors)"
+            raise WorkspaceError(msg + "; move it away to start a fresh session") from exc
+
+    def save_state(self, state: State) -> None:
+        """Write state.json atomically."""
+        self.create()
+        atomic_write_text(self.state_path, state.model_dump_json(indent=2))
+
+    # heartbeat and events ------------------------------------------------------------------------
+
+    def heartbeat(self, **info: Any) -> None:
+        """Refresh logs/daemon_heartbeat.json with the time, this pid and `info`."""
+        self.create()
+        record = {"ts": self.clock(), "pid": os.getpid(), **_finite(info)}
+        atomic_write_text(self.heartbeat_path, json.dumps(record, default=str))
+
+    def read_heartbeat(self) -> dict[str, Any] | None:
+        """The last heartbeat, or None when there is none."""
+        if not self.heartbeat_path.exists():
+            return None
+        return json.loads(self.heartbeat_path.read_text(encoding="utf-8"))
+
+    def append_event(self, cycle: int, cycle_trace_id: str, event: str, **fields: Any) -> dict[str, Any]:
+        """Append one JSON object line to logs/events.jsonl and return it."""
+        clash = _RESERVED_EVENT_KEYS & fields.keys()
+        if clash:
+            raise ValueError(f"event fields may not be named {sorted(clash)}")
+        record = {"ts": self.clock(), "cycle": cycle, "cycle_trace_id": cycle_trace_id, "event": event}
+        record.update(_finite(fields))
+        self.create()
+        with self.events_path.open("a", encoding="utf-8") as handle:
+            handle.write(json.dumps(record, default=str) + "\n")
+        return record
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every event so far, oldest first; a line cut short by a crash is skipped."""
+        if not self.events_path.exists():
+            return []
+        out = []
+        for number, line in enumerate(self.events_path.read_text(encoding="utf-8").splitlines(), 1):
+            try:
+                out.append(json.loads(line))
+            except json.JSONDecodeError:
+                log.warning("skipping unreadable line %d of %s", number, self.events_path)
+        return out
+
+    # storyline, workpad, mentor notes ------------------------------------------------------------
+
+    def append_storyline(self, cycle: int, cycle_trace_id: str, text: str) -> None:
+        """Add the cycle's one storyline line."""
+        self.create()
+        with self.storyline_path.open("a", encoding="utf-8") as handle:
+            handle.write(f"- cycle {cycle} [{cycle_trace_id}] {flatten(text)}\n")
+
+    def storyline_tail(self, lines: int = 10) -> list[str]:
+        """The last `lines` storyline lines."""
+        if lines <= 0 or not self.storyline_path.exists():
+            return []
+        return self.storyline_path.read_text(encoding="utf-8").splitlines()[-lines:]
+
+    def append_workpad(self, section: WorkpadSection, cycle: int, text: str) -> None:
+        """Add an entry at the end of a workpad section."""
+        if section not in get_args(WorkpadSection):
+            raise ValueError(f"unknown workpad section {section!r}")
+        self.create()
+        sections = self._workpad_sections()
+        sections[section] += f"\n### cycle {cycle}\n{_escape_headings(text.strip())}\n"
+        body = "".join(f"## {name}\n{content}\n" for name, content in sections.items())
+        atomic_write_text(self.workpad_path, "# Workpad\n\n" + body)
+
+    def workpad_tail(self, chars: int, section: WorkpadSection | None = None) -> str:
+        """The latest `chars` characters of one section, or of each section sharing `chars`."""
+        sections = self._workpad_sections()
+        names = [section] if section else list(sections)
+        share = chars // len(names)
+        return "\n".join(f"## {name}\n{sections[name].strip()[-share:] if share else ''}\n" for name in names)
+
+    def _workpad_sections(self) -> dict[str, str]:
+        sections = dict.fromkeys(get_args(WorkpadSection), "")
+        if not self.workpad_path.exists():
+            return sections
+        current = None
+        for line in self.workpad_path.read_text(encoding="utf-8").splitlines(keepends=True):
+            name = line[3:].strip() if line.startswith("## ") else None
+            if name in sections:
+                current = name
+            elif current:
+                sections[current] += line
+        return {
+            name: content.rstrip("\n") + "\n" if content.strip() else "" for name, content in sections.items()
+        }
+
+    def append_mentor_note(self, cycle: int, text: str) -> None:
+        """Add an entry to artifacts/mentor_notes.md."""
+        self.create()
+        new = not self.mentor_notes_path.exists()
+        with self.mentor_notes_path.open("a", encoding="utf-8") as handle:
+            handle.write(("# Mentor notes\n" if new else "") + f"\n### cycle {cycle}\n")
+            handle.write(_escape_headings(text.strip()) + "\n")
+
+    def mentor_notes_tail(self, chars: int) -> str:
+        """The latest `chars` characters of the mentor notes."""
+        return _tail(self.mentor_notes_path, chars)
+
+    # training logs, stop requests ----------------------------------------------------------------
+
+    def log_path(self, run_label: str) -> Path:
+        """Where a training's stdout+stderr go."""
+        if not RUN_LABEL_RE.match(run_label):
+            raise ValueError(f"run label {run_label!r} is not [A-Za-z0-9._-]")
+        return self.logs / f"{run_label}.log"
+
+    def request_stop(self) -> None:
+        """Ask the running loop to stop after its current step."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.stop_path, json.dumps({"ts": self.clock(), "pid": os.getpid()}))
+
+    def stop_requested(self) -> bool:
+        """True while a stop request is pending."""
+        return self.stop_path.exists()
+
+    def clear_stop(self) -> None:
+        """Forget a stop request."""
+        self.stop_path.unlink(missing_ok=True)
+
+    # single-instance lock ------------------------------------------------------------------------
+
+    @contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the single-instance lock; raise AlreadyRunning when another process holds it."""
+        self.create()
+        file_lock = FileLock(self.lock_path, timeout=0)
+        try:
+            file_lock.acquire()
+        except Timeout:
+            pid = self._recorded_pid()
+            raise AlreadyRunning(
+                f"another agentexp loop is running in {self.root} (pid {pid or 'unknown'})"
+            ) from None
+        try:
+            atomic_write_text(self.pid_path, str(os.getpid()))
+            yield
+        finally:
+            self.pid_path.unlink(missing_ok=True)
+            file_lock.release()
+
+    def holder_pid(self) -> int | None:
+        """Pid of the loop holding the lock, or None when no loop runs (a stale pid file is ignored)."""
+        if not self.lock_path.exists():
+            return None
+        probe = FileLock(self.lock_path, timeout=0)
+        try:
+            probe.acquire()
+        except Timeout:
+            return self._recorded_pid()
+        probe.release()
+        return None
+
+    def _recorded_pid(self) -> int | None:
+        try:
+            return int(self.pid_path.read_text(encoding="utf-8").strip())
+        except (FileNotFoundError, ValueError):
+            return None
