@@ -125,6 +125,7 @@ def _run_tags(
         tracking.OVERRIDES: json.dumps(overrides),
         tracking.COMMAND: " ".join(["python", "-m", "trainers.train", *overrides]),
         tracking.RUN_DIR: str(run_dir.resolve()),
+        tracking.PID: str(os.getpid()),
         tracking.SEED: str(cfg.trainer.seed),
         tracking.DATA_FINGERPRINT: split.fingerprint,
         tracking.SKIPPED_IMAGES: str(split.skipped_images),

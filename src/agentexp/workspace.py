@@ -76,6 +76,10 @@ class State(BaseModel):
     """Training processes still being watched."""
     last_training_end: float | None = None
     """Unix time the most recent training ended."""
+    llm_calls: int = 0
+    """LLM calls of this session, re-asks included (the call budget)."""
+    cost_usd: float = 0.0
+    """LLM cost of this session (the cost budget)."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

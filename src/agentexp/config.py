@@ -1,0 +1,82 @@
+"""The loop's typed config: conf/loop.yaml composed with Hydra and validated once, here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from agentexp.agents.mentor import MentorConfig
+from agentexp.executor import ExecutorConfig
+from agentexp.gate import GateConfig
+from agentexp.llm.base import LLMConfig
+from trainers.config import CONF_DIR
+
+MISSIONS_DIR = CONF_DIR.parent / "missions"
+
+
+class ConfigError(Exception):
+    """The loop config does not compose or validate; one sentence."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+
+class LoopSettings(_Strict):
+    max_cycles: int = Field(ge=1)
+    """Cycles of this invocation."""
+    poll_seconds: float = Field(ge=0)
+    """Pause between cycles."""
+    workspace: Path
+    """The `.llm_loop` folder, relative to the working directory."""
+    run_hours: float | None = Field(None, gt=0)
+    max_llm_calls: int | None = Field(None, ge=1)
+    max_cost_usd: float | None = Field(None, gt=0)
+    max_reasks: int = Field(2, ge=0, le=5)
+    stuck_wait_recovery: bool = False
+    """Stop a training nobody watches after stale_orphan_cycles idle cycles."""
+    stale_orphan_cycles: int = Field(5, ge=1)
+    train_overrides: list[str] = []
+    """Fixed overrides of every loop training, applied before the mission's and the LLM's."""
+
+
+class MentorSection(MentorConfig):
+    llm: LLMConfig | None = None
+    """The mentor's backend; None = the worker's."""
+
+
+class TrackingSection(_Strict):
+    uri: str
+    experiment: str | None = None
+    """None = the mission's name."""
+
+
+class LoopConfig(_Strict):
+    llm: LLMConfig
+    mentor: MentorSection
+    gate: GateConfig
+    mission: str
+    loop: LoopSettings
+    executor: ExecutorConfig
+    tracking: TrackingSection
+
+
+def compose_loop(overrides: list[str], conf_dir: Path = CONF_DIR) -> LoopConfig:
+    """Compose conf/loop.yaml with the overrides; every problem is a ConfigError in one sentence."""
+    try:
+        with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir), job_name="agentexp"):
+            cfg = compose("loop", overrides=overrides)
+        data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(str(err).splitlines()[0]) from None
+    try:
+        return LoopConfig.model_validate(data)
+    except ValidationError as err:
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"Invalid loop config at {where}: {first['msg']}") from None

@@ -1,0 +1,166 @@
+"""What the agents see each cycle: the structured context for backends plus the prompt-only tails."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from agentexp.mission import Mission
+from agentexp.signals import CycleSummary, Signals
+from agentexp.todos import TodoQueue
+from agentexp.workspace import Workspace
+
+WORKPAD_CHARS = 2400  # shared by the workpad's two sections
+MENTOR_NOTES_CHARS = 1500
+LOG_TAIL_CHARS = 3000
+STORYLINE_LINES = 8
+HISTORY_CYCLES = 12  # recent cycles in the context; older ones live in MLflow
+LEADERBOARD_SIZE = 5
+STORYLINE_THRESHOLD = 0.5  # breakout or non-training priority at which the storyline is shown
+
+
+def _finite(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None
+
+
+class RunInfo(BaseModel):
+    """A training run as the structured context lists it."""
+
+    # The loop passes rows from tracking queries that may carry more keys; only these reach the agents.
+    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+
+    run_id: str
+    """MLflow run id."""
+    run_label: str
+    """The run's label (MLflow run name)."""
+    status: Literal["FINISHED", "FAILED", "KILLED", "RUNNING"]
+    """MLflow run status."""
+    overrides: list[str] = Field(default_factory=list)
+    """Hydra overrides the training ran with."""
+    metric: float | None = None
+    """The summary metric, when the run logged a finite one."""
+    cycle: int | None = None
+    """Cycle that launched it (None for runs started by hand)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_mlflow(cls, row: Any) -> Any:
+        # MLflow may hand back a run without a name, or SCHEDULED (not started yet: counts as RUNNING).
+        if not isinstance(row, dict):
+            return row
+        label = row.get("run_label") or row.get("run_id")
+        status = "RUNNING" if row.get("status") == "SCHEDULED" else row.get("status")
+        return {**row, "run_label": label, "status": status}
+
+    @field_validator("metric")
+    @classmethod
+    def _drop_non_finite(cls, value: float | None) -> float | None:
+        return _finite(value)
+
+
+class Context(BaseModel):
+    """One cycle's context: `structured` goes to the backend, the rest only into the prompt."""
+
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
+
+    structured: dict[str, Any]
+    """The CONTRACTS "Structured context" dict (LLMRequest.context)."""
+    workpad_tail: str
+    """Latest characters of the workpad's sections ('' when empty)."""
+    mentor_notes_tail: str
+    """Latest characters of the mentor notes."""
+    todo_focus: list[str]
+    """Oldest and newest open shared TODOs, one line each with their id."""
+    storyline: list[str]
+    """Latest storyline lines, only while stall or failure signals are high."""
+    failed_log_tail: str
+    """End of the last run's log, only when that run failed."""
+    leaderboard: list[dict[str, Any]]
+    """Top finished runs by the mission's metric, best first."""
+    deadline: str | None
+    """When finish-up is active: the deadline."""
+
+
+def leaderboard(
+    runs: Sequence[RunInfo], direction: str, size: int = LEADERBOARD_SIZE
+) -> list[dict[str, Any]]:
+    """The best finished runs with a metric, best first."""
+    done = [r for r in runs if r.status == "FINISHED" and r.metric is not None]
+    done.sort(key=lambda r: r.metric, reverse=direction == "maximize")
+    return [
+        {
+            "rank": rank,
+            "run_id": r.run_id,
+            "run_label": r.run_label,
+            "metric": r.metric,
+            "overrides": r.overrides,
+        }
+        for rank, r in enumerate(done[:size], 1)
+    ]
+
+
+def last_run_failed(runs: Sequence[RunInfo], history: Sequence[CycleSummary]) -> bool:
+    """Whether the latest run to end failed: the history decides, else the newest ended run."""
+    for summary in reversed(history):
+        if summary.outcome in ("finished", "failed"):
+            return summary.outcome == "failed"
+    ended = [r for r in runs if r.status != "RUNNING"]
+    return bool(ended) and ended[-1].status in ("FAILED", "KILLED")
+
+
+def stall_is_high(signals: Signals) -> bool:
+    """Stall or failure signals high enough that the agents need the storyline."""
+    return max(signals.breakout_priority, signals.non_training_priority) >= STORYLINE_THRESHOLD
+
+
+def _workpad(workspace: Workspace) -> str:
+    text = workspace.workpad_tail(WORKPAD_CHARS)
+    has_entries = any(line.strip() and not line.startswith("## ") for line in text.splitlines())
+    return text.strip() if has_entries else ""
+
+
+def _todo_focus(workspace: Workspace) -> list[str]:
+    items = TodoQueue(workspace.artifacts).focus()
+    return [f"#{i.id} ({i.source}, cycle {i.created_cycle}) {i.text}" for i in items]
+
+
+def build(
+    workspace: Workspace,
+    runs: list[dict[str, Any]],
+    history: list[CycleSummary],
+    signals: Signals,
+    mission: Mission,
+    cycle: int,
+    active_runs: list[str],
+    deadline: str | None,
+    failed_log_tail: str = "",
+    decision: dict[str, Any] | None = None,
+) -> Context:
+    """Assemble the context of `cycle` from the workspace, the runs (newest last) and the history."""
+    infos = [RunInfo.model_validate(r) for r in runs]
+    recent = [s.model_copy(update={"metric": _finite(s.metric)}) for s in history[-HISTORY_CYCLES:]]
+    structured = {
+        "cycle": cycle,
+        "mission": mission.name,
+        "metric": {"key": mission.metric_key, "summary": mission.summary_key, "direction": mission.direction},
+        "runs": [info.model_dump() for info in infos],
+        "active_runs": list(active_runs),
+        "signals": signals.model_dump(),
+        "history": [s.model_dump() for s in recent],
+        "deadline": deadline,
+        "decision": decision,
+    }
+    failed = last_run_failed(infos, history)
+    return Context(
+        structured=structured,
+        workpad_tail=_workpad(workspace),
+        mentor_notes_tail=workspace.mentor_notes_tail(MENTOR_NOTES_CHARS).strip(),
+        todo_focus=_todo_focus(workspace),
+        storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
+        failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
+        leaderboard=leaderboard(infos, mission.direction),
+        deadline=deadline,
+    )

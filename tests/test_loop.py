@@ -1,0 +1,137 @@
+"""The loop end to end: scripted LLM answers, the real gate, real trainer subprocesses, a real store."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from agentexp import tracking
+from agentexp.cli import build_loop
+from agentexp.config import compose_loop
+from agentexp.workspace import Workspace
+
+FAST_TRAINING = "loop.train_overrides=['trainer.epochs=1','debug=fast','data.image_size=16']"
+
+
+def decision(action: str = "train", **fields) -> str:
+    base = {
+        "action": action,
+        "rationale": "resnet18 at lr 2e-3 is the baseline every later change is compared with",
+        "monitor_seconds": 120,
+    }
+    if action == "train":
+        base |= {
+            "run_label": "resnet18-lr2e-3",
+            "overrides": ["optim.lr=0.002"],
+            "strategy_dimension": "optimization",
+        }
+    return json.dumps(base | fields)
+
+
+def script(path: Path, raws: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"raw": raw}) + "\n" for raw in raws))
+    return path
+
+
+def run_loop(tmp_path: Path, raws: list[str], *extra: str) -> tuple[str, Workspace]:
+    overrides = [
+        "llm=scripted",
+        f"llm.script={script(tmp_path / 'worker.jsonl', raws)}",
+        "mentor.enabled=false",
+        f"loop.workspace={tmp_path / '.llm_loop'}",
+        "loop.poll_seconds=0",
+        FAST_TRAINING,
+        *extra,
+    ]
+    loop = build_loop(compose_loop(overrides))
+    return loop.run(), loop.ws
+
+
+def test_three_cycles_leave_loop_decision_and_nested_training_runs(tmp_path, store):
+    reason, ws = run_loop(
+        tmp_path,
+        [
+            decision(),
+            decision("wait"),
+            decision(
+                "analyze",
+                housekeeping={"notes_update": "lr 2e-3 baseline finished", "todo_new": ["try mixup"]},
+            ),
+        ],
+        "loop.max_cycles=3",
+    )
+    assert reason == "max_cycles"
+    (loop_run,) = store.runs("loop")
+    decisions = store.runs("decision")
+    (train,) = store.runs("train")
+    assert loop_run.info.status == "FINISHED"
+    assert [d.data.tags[tracking.CYCLE] for d in decisions] == ["1", "2", "3"]
+    assert all(d.data.tags[tracking.PARENT_RUN_ID] == loop_run.info.run_id for d in decisions)
+    assert all(d.info.status == "FINISHED" for d in decisions)
+    assert train.info.status == "FINISHED"
+    assert train.data.tags[tracking.PARENT_RUN_ID] == decisions[0].info.run_id
+    assert train.data.tags[tracking.CYCLE_TRACE_ID] == decisions[0].data.tags[tracking.CYCLE_TRACE_ID]
+    assert train.data.params["optim.lr"] == "0.002" and train.data.params["trainer.epochs"] == "1"
+    first = decisions[0]
+    assert first.data.params["action"] == "train" and first.data.metrics["llm_calls"] == 1
+    assert "signal.breakout_priority" in first.data.params
+    artifacts = {a.path for a in store.client.list_artifacts(first.info.run_id)}
+    assert {"decision.json", "prompt.md", "raw_response.txt"} <= artifacts
+    events = ws.events()
+    assert [e["cycle"] for e in events if e["event"] == "cycle_end"] == [1, 2, 3]
+    assert len(ws.storyline_tail(10)) == 3
+    assert "lr 2e-3 baseline finished" in ws.workpad_tail(2000)
+    assert ws.load_state().cycle == 3 and ws.load_state().active_runs == []
+
+
+HOSTILE = [
+    "not json at all",
+    '{"action": "train"}',
+    decision(rationale=123),
+    decision(surprise="field"),
+    decision(rationale="x" * 5000),
+    decision(overrides=["hydra.run.dir=/"]),
+    decision(overrides=["+_target_=os.system"]),
+    decision(overrides=["data.root=../../etc"]),
+    decision(overrides=["optim.lr=${oc.env:HOME}"]),
+    decision(run_label="../escape"),
+    decision(run_label="nul\u0000label"),
+    decision(overrides=["optim.lr=nan"]),
+    decision(overrides=["optim.lrr=0.1"]),
+    decision(overrides=["model.name=resnet18; rm -rf /"]),
+    decision(overrides=["optim.lr=1e-3,1e-4"]),
+    decision(run_label="run"),
+]
+
+
+def test_hostile_outputs_downgrade_to_wait_and_a_good_one_launches_once(tmp_path, store):
+    reason, ws = run_loop(
+        tmp_path, [*HOSTILE, decision()], f"loop.max_cycles={len(HOSTILE) + 1}", "loop.max_reasks=0"
+    )
+    assert reason == "max_cycles"
+    decisions = store.runs("decision")
+    assert len(decisions) == len(HOSTILE) + 1
+    assert [d.data.params["action"] for d in decisions] == ["wait"] * len(HOSTILE) + ["train"]
+    assert all(
+        d.data.tags["agentexp.outcome"] == "downgraded" or "agentexp.worker_error" in d.data.tags
+        for d in decisions[:-1]
+    )
+    (train,) = store.runs("train")
+    assert train.data.tags[tracking.PARENT_RUN_ID] == decisions[-1].info.run_id
+    gate_events = [e for e in ws.events() if e["event"] == "quality_gate"]
+    assert any("hydra" in " ".join(e["quality_gate"]) for e in gate_events)
+
+
+def test_script_exhausted_stops_cleanly(tmp_path, store):
+    reason, ws = run_loop(tmp_path, [decision("analyze")], "loop.max_cycles=5")
+    assert reason == "script_exhausted"
+    assert len(store.runs("decision")) == 1
+    assert store.runs("loop")[0].info.status == "FINISHED"
+
+
+def test_second_instance_refuses_to_start(tmp_path, store):
+    loop = build_loop(compose_loop(["mentor.enabled=false", f"loop.workspace={tmp_path / '.llm_loop'}"]))
+    with loop.ws.lock(), pytest.raises(Exception, match="another agentexp loop is running"):
+        loop.run()
