@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from types import ModuleType
 from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -16,6 +18,31 @@ class LLMError(Exception):
 
 class ScriptExhausted(LLMError):
     """The scripted backend ran out of responses: the loop stops cleanly."""
+
+
+def api_key(backend: str, env_var: str, base_url: str | None) -> str:
+    """The key from `env_var`; a placeholder when a base_url points at a server that may not check it."""
+    key = os.environ.get(env_var)
+    if key:
+        return key
+    if base_url:
+        return "not-needed"  # local and proxy servers accept any key
+    raise LLMError(f"{backend} backend: set {env_var} (or llm.base_url for a local server)")
+
+
+def sdk_error(
+    backend: str, sdk: ModuleType, exc: Exception, timeout_s: float, env_var: str, url: str
+) -> LLMError:
+    """One line saying what went wrong and where; the OpenAI and Anthropic SDKs share these classes."""
+    if isinstance(exc, sdk.APITimeoutError):
+        return LLMError(f"{backend} backend: no answer from {url} within {timeout_s:g}s")
+    if isinstance(exc, sdk.APIConnectionError):
+        return LLMError(f"{backend} backend: cannot reach {url}: {one_line(exc.__cause__ or exc)}")
+    if isinstance(exc, sdk.AuthenticationError):
+        return LLMError(f"{backend} backend: HTTP 401 from {url} (check {env_var}): {one_line(exc)}")
+    if isinstance(exc, sdk.APIStatusError):
+        return LLMError(f"{backend} backend: HTTP {exc.status_code} from {url}: {one_line(exc)}")
+    return LLMError(f"{backend} backend: {type(exc).__name__}: {one_line(exc)}")
 
 
 def one_line(text: object, limit: int = 300) -> str:

@@ -2,38 +2,25 @@
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 import openai
 
-from agentexp.llm.base import JSON_ONLY, LLMError, LLMRequest, LLMResponse, OpenAIConfig, Usage, one_line
+from agentexp.llm.base import (
+    JSON_ONLY,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    OpenAIConfig,
+    Usage,
+    api_key,
+    one_line,
+    sdk_error,
+)
 
 DEFAULT_MODEL = "gpt-4o-mini"  # used when llm.model is null
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-
-def _api_key(cfg: OpenAIConfig) -> str:
-    key = os.environ.get(cfg.api_key_env)
-    if key:
-        return key
-    if cfg.base_url:
-        return "not-needed"  # local servers accept any key
-    raise LLMError(f"openai backend: set {cfg.api_key_env} (or llm.base_url for a local server)")
-
-
-def _error(exc: openai.OpenAIError, cfg: OpenAIConfig, url: str) -> LLMError:
-    """One line that says what went wrong and where."""
-    if isinstance(exc, openai.APITimeoutError):
-        return LLMError(f"openai backend: no answer from {url} within {cfg.timeout_s:g}s")
-    if isinstance(exc, openai.APIConnectionError):
-        return LLMError(f"openai backend: cannot reach {url}: {one_line(exc.__cause__ or exc)}")
-    if isinstance(exc, openai.AuthenticationError):
-        return LLMError(f"openai backend: HTTP 401 from {url} (check {cfg.api_key_env}): {one_line(exc)}")
-    if isinstance(exc, openai.APIStatusError):
-        return LLMError(f"openai backend: HTTP {exc.status_code} from {url}: {one_line(exc)}")
-    return LLMError(f"openai backend: {type(exc).__name__}: {one_line(exc)}")
 
 
 class OpenAIBackend:
@@ -43,7 +30,10 @@ class OpenAIBackend:
         self.cfg = cfg
         self.url = cfg.base_url or DEFAULT_BASE_URL
         self.client = openai.OpenAI(
-            api_key=_api_key(cfg), base_url=self.url, timeout=cfg.timeout_s, max_retries=0
+            api_key=api_key("openai", cfg.api_key_env, cfg.base_url),
+            base_url=self.url,
+            timeout=cfg.timeout_s,
+            max_retries=0,
         )
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
@@ -67,7 +57,9 @@ class OpenAIBackend:
         try:
             completion = self.client.chat.completions.create(**self._params(request))
         except openai.OpenAIError as exc:
-            raise _error(exc, self.cfg, self.url) from exc
+            raise sdk_error(
+                "openai", openai, exc, self.cfg.timeout_s, self.cfg.api_key_env, self.url
+            ) from exc
         if not completion.choices:
             raise LLMError(f"openai backend: {self.url} answered without a choice")
         message = completion.choices[0].message
