@@ -56,3 +56,5 @@ lint: $(STAMP)  ## ruff
 
 bench: $(STAMP)  ## benchmarks: ratios against a baseline measured in the same run
 	$(PY) bench/throughput.py
+	$(PY) bench/loop_overhead.py
+	$(PY) bench/report.py

@@ -79,6 +79,8 @@ def test_three_cycles_leave_loop_decision_and_nested_training_runs(tmp_path, sto
     assert "signal.breakout_priority" in first.data.params
     artifacts = {a.path for a in store.client.list_artifacts(first.info.run_id)}
     assert {"decision.json", "prompt.md", "raw_response.txt"} <= artifacts
+    traces = store.client.search_traces(locations=[loop_run.info.experiment_id])
+    assert first.info.run_id in {t.info.trace_metadata.get("mlflow.sourceRun") for t in traces}
     events = ws.events()
     assert [e["cycle"] for e in events if e["event"] == "cycle_end"] == [1, 2, 3]
     assert len(ws.storyline_tail(10)) == 3

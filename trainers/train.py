@@ -29,6 +29,8 @@ from trainers.model import Classifier
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_PREFIX = "agentexp-summary: "
 LIBRARIES = ("torch", "torchvision", "timm", "lightning", "mlflow", "agentexp")
+RUN_KINDS = ("train", "audit")
+"""Kinds a training run may be tagged with; leaderboards only read `train`."""
 
 
 class TrainingInterrupted(Exception):
@@ -121,7 +123,7 @@ def _run_tags(
 ) -> dict[str, str]:
     names = gpu.gpu_names()
     tags = {
-        tracking.KIND: "train",
+        tracking.KIND: _run_kind(),
         tracking.OVERRIDES: json.dumps(overrides),
         tracking.COMMAND: " ".join(["python", "-m", "trainers.train", *overrides]),
         tracking.RUN_DIR: str(run_dir.resolve()),
@@ -143,6 +145,14 @@ def _run_tags(
     if git.dirty:
         tags[tracking.GIT_DIFF_ARTIFACT] = "provenance/git_diff.patch"
     return tags
+
+
+def _run_kind() -> str:
+    """`train`, unless AGENTEXP_RUN_KIND asks for `audit` (`agentexp reproduce` sets it for its rerun)."""
+    kind = os.environ.get(tracking.ENV_RUN_KIND) or "train"
+    if kind not in RUN_KINDS:
+        raise UserError(f"{tracking.ENV_RUN_KIND}={kind!r} is not one of {', '.join(RUN_KINDS)}")
+    return kind
 
 
 def _log_inputs(cfg: TrainConfig, overrides: list[str], git: provenance.GitState) -> None:

@@ -14,6 +14,7 @@ from agentexp.agents.mentor import MentorConfig
 from agentexp.executor import ExecutorConfig
 from agentexp.gate import GateConfig
 from agentexp.llm.base import LLMConfig
+from agentexp.repair import RepairConfig
 from trainers.config import CONF_DIR
 
 MISSIONS_DIR = CONF_DIR.parent / "missions"
@@ -64,6 +65,7 @@ class LoopConfig(_Strict):
     loop: LoopSettings
     executor: ExecutorConfig
     tracking: TrackingSection
+    repair: RepairConfig = RepairConfig()
 
 
 def compose_loop(overrides: list[str], conf_dir: Path = CONF_DIR) -> LoopConfig:

@@ -102,6 +102,40 @@ def leaderboard(
     ]
 
 
+def _converted(row: dict[str, Any]) -> tuple[RunInfo, dict[str, Any]]:
+    info = RunInfo.model_validate(row)
+    return info, info.model_dump()
+
+
+def _reused(seen: tuple[dict[str, Any], Any] | None, row: dict[str, Any]) -> Any:
+    """The earlier conversion of an unchanged row, else None."""
+    return seen[1] if seen is not None and seen[0] == row else None
+
+
+class RunView:
+    """Training runs validated and dumped once, shared by every context until the runs change.
+
+    The loop keeps one per list the tracker hands out (a new list only after a training ends), so a cycle
+    does not convert thousands of runs again; rows the `previous` view already converted are reused.
+    """
+
+    def __init__(self, rows: Sequence[dict[str, Any]], previous: RunView | None = None) -> None:
+        done = {}
+        if previous is not None:
+            pairs = zip(previous.rows, previous._pairs, strict=True)
+            done = {row.get("run_id"): (row, pair) for row, pair in pairs}
+        self.rows = rows
+        self._pairs = [_reused(done.get(r.get("run_id")), r) or _converted(r) for r in rows]
+        self.infos = [info for info, _ in self._pairs]
+        self.dumped = [dumped for _, dumped in self._pairs]
+        self._boards: dict[str, list[dict[str, Any]]] = {}
+
+    def leaderboard(self, direction: str) -> list[dict[str, Any]]:
+        if direction not in self._boards:
+            self._boards[direction] = leaderboard(self.infos, direction)
+        return [dict(entry) for entry in self._boards[direction]]
+
+
 def last_run_failed(runs: Sequence[RunInfo], history: Sequence[CycleSummary]) -> bool:
     """Whether the latest run to end failed: the history decides, else the newest ended run."""
     for summary in reversed(history):
@@ -129,7 +163,7 @@ def _todo_focus(workspace: Workspace) -> list[str]:
 
 def build(
     workspace: Workspace,
-    runs: list[dict[str, Any]],
+    runs: list[dict[str, Any]] | RunView,
     history: list[CycleSummary],
     signals: Signals,
     mission: Mission,
@@ -140,20 +174,20 @@ def build(
     decision: dict[str, Any] | None = None,
 ) -> Context:
     """Assemble the context of `cycle` from the workspace, the runs (newest last) and the history."""
-    infos = [RunInfo.model_validate(r) for r in runs]
+    view = runs if isinstance(runs, RunView) else RunView(runs)
     recent = [s.model_copy(update={"metric": _finite(s.metric)}) for s in history[-HISTORY_CYCLES:]]
     structured = {
         "cycle": cycle,
         "mission": mission.name,
         "metric": {"key": mission.metric_key, "summary": mission.summary_key, "direction": mission.direction},
-        "runs": [info.model_dump() for info in infos],
+        "runs": list(view.dumped),
         "active_runs": list(active_runs),
         "signals": signals.model_dump(),
         "history": [s.model_dump() for s in recent],
         "deadline": deadline,
         "decision": decision,
     }
-    failed = last_run_failed(infos, history)
+    failed = last_run_failed(view.infos, history)
     return Context(
         structured=structured,
         workpad_tail=_workpad(workspace),
@@ -161,6 +195,6 @@ def build(
         todo_focus=_todo_focus(workspace),
         storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
         failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
-        leaderboard=leaderboard(infos, mission.direction),
+        leaderboard=view.leaderboard(mission.direction),
         deadline=deadline,
     )

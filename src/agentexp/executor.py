@@ -140,6 +140,7 @@ class Executor:
             monitor_until=started,
             attempt=attempt,
             overrides=list(overrides),
+            parent_run_id=parent_run_id,
         )
 
     def argv(self, run_label: str, overrides: list[str], cycle_trace_id: str) -> list[str]:
@@ -157,6 +158,7 @@ class Executor:
     def _env(self, cycle_trace_id: str, parent_run_id: str | None) -> dict[str, str]:
         env = dict(os.environ)
         env.pop(tracking.ENV_PARENT, None)  # a parent in the loop's own environment is not this run's
+        env.pop(tracking.ENV_RUN_KIND, None)  # the loop's trainings are always kind=train
         env |= {
             tracking.ENV_URI: self.tracking_uri,
             tracking.ENV_EXPERIMENT: self.experiment,

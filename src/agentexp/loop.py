@@ -8,19 +8,21 @@ import time
 from dataclasses import dataclass, field
 
 from agentexp import context as context_mod
-from agentexp import gate, signals
+from agentexp import gate, repair, signals
 from agentexp.agents import CallRecord
 from agentexp.agents.mentor import Mentor, MentorResult, apply_review, review_todo
-from agentexp.agents.worker import Worker
+from agentexp.agents.worker import Worker, WorkerResult
 from agentexp.config import LoopConfig
 from agentexp.decisions import Action, WorkerDecision
 from agentexp.executor import Executor, RunOutcome
+from agentexp.finisher import Finisher, seed_decision
+from agentexp.finishup import PlannedRun
 from agentexp.llm.base import ScriptExhausted
 from agentexp.mission import Mission
 from agentexp.signals import CycleSummary, Signals
 from agentexp.todos import TodoQueue
-from agentexp.tracking import Tracker, trace_id_for
-from agentexp.workspace import State, Workspace
+from agentexp.tracking import Tracker, set_tags, trace_id_for
+from agentexp.workspace import ActiveRun, State, Workspace
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +46,8 @@ class Cycle:
     launched: str | None = None
     ended: list[RunOutcome] = field(default_factory=list)
     outcome: str = "waited"
+    planned: PlannedRun | None = None
+    """A finish-up seed run the loop launches itself: no LLM, mentor or gate."""
 
 
 class Loop:
@@ -65,6 +69,8 @@ class Loop:
         self.idle_streak = 0
         self.new_evidence = False
         self.deadline: float | None = None
+        self._runs: context_mod.RunView | None = None
+        self.finisher = Finisher(workspace, tracker, mission)
 
     # ---- session ---------------------------------------------------------------------------------
 
@@ -73,7 +79,7 @@ class Loop:
         with self.ws.lock():
             state = self._resume()
             for _ in range(self.cfg.loop.max_cycles):
-                reason = self._stop_reason(state)
+                reason = self._finish_up(state) or self._stop_reason(state)
                 if reason:
                     break
                 try:
@@ -96,21 +102,32 @@ class Loop:
         """Pick up state after a restart: reap runs whose process died, reopen this session's loop run."""
         self.ws.create()
         self.ws.clear_stop()
-        self.tracker.reap(Executor.alive)
         state = self.ws.load_state() or State()
+        ends = [e for e in self.ws.events() if e["event"] == "cycle_end"]
+        if ends:
+            self._complete(state, ends[-1])
+        self.tracker.reap(Executor.alive)
         params = {
             "mission": self.mission.name,
             "llm": self.cfg.llm.name,
             "max_cycles": self.cfg.loop.max_cycles,
         }
         state.loop_run_id = self.tracker.start_loop(state.session_id, params, state.loop_run_id)
-        self.history = [
-            CycleSummary.model_validate(e["summary"]) for e in self.ws.events() if e["event"] == "cycle_end"
-        ]
+        self.history = [CycleSummary.model_validate(e["summary"]) for e in ends]
         if self.cfg.loop.run_hours:
             self.deadline = self.clock() + self.cfg.loop.run_hours * 3600
         self.ws.save_state(state)
         return state
+
+    def _complete(self, state: State, end: dict) -> None:
+        """Finish the record of the last committed cycle when a crash cut it short after its cycle_end."""
+        if end["cycle"] > state.cycle:
+            state.cycle = end["cycle"]
+            self.ws.save_state(state)
+        last_line = self.ws.storyline_tail(1)
+        if not last_line or f"[{end['cycle_trace_id']}]" not in last_line[0]:
+            self.ws.append_storyline(end["cycle"], end["cycle_trace_id"], end.get("story", "(recovered)"))
+        self.tracker.finish_if_running(end["decision_run_id"])
 
     def _stop_reason(self, state: State) -> str | None:
         budget = self.cfg.loop
@@ -127,11 +144,18 @@ class Loop:
     def _drain(self, state: State) -> None:
         """Trainings still running finish (bounded by their own timeout) unless a stop was requested."""
         while state.active_runs:
+            runs = {run.run_label: run for run in state.active_runs}
             if self.ws.stop_requested():
-                for run in list(state.active_runs):
-                    self._ended(state, [self.executor.terminate(run)])
-                break
-            ended = self.executor.monitor(state.active_runs, 60, self._beat(state), self.ws.stop_requested)
+                ended = [self.executor.terminate(run) for run in runs.values()]
+            else:
+                ended = self.executor.monitor(
+                    list(runs.values()), 60, self._beat(state), self.ws.stop_requested
+                )
+            for outcome in ended:  # after the last cycle: recorded under the cycle that launched the run
+                run = runs[outcome.run_label]
+                self.ws.append_event(
+                    run.cycle, run.cycle_trace_id, "run_end", run=outcome.model_dump(mode="json")
+                )
             self._ended(state, ended)
         self.ws.save_state(state)
 
@@ -147,11 +171,12 @@ class Loop:
             self.history[-HISTORY_WINDOW:], len(self.todos.open_items()), self.mission.direction
         )
         ctx = self._context(state, number, sig, ended)
-        result = self.worker.decide(ctx)
+        planned = self.finisher.next_run(self.executor.has_capacity(state.active_runs), self.clock())
+        result = self._seed_result(state, planned) if planned else self.worker.decide(ctx)
         cycle = Cycle(
             number, trace_id, sig, result.decision or _wait(result.error), result.calls, result.error
         )
-        cycle.ended = ended
+        cycle.ended, cycle.planned = ended, planned
         self._count_calls(state, cycle.calls)
         self._review(state, cycle, ctx)
         self._gate(state, cycle)
@@ -170,32 +195,69 @@ class Loop:
         if not outcomes:
             return
         labels = {o.run_label for o in outcomes}
+        runs = {r.run_label: r for r in state.active_runs if r.run_label in labels}
         state.active_runs = [r for r in state.active_runs if r.run_label not in labels]
         state.last_training_end = self.clock()
         self.tracker.invalidate()
         self.new_evidence = True
         self.ws.save_state(state)
+        for outcome in outcomes:
+            if outcome.run_label in runs:
+                self._repair(state, runs[outcome.run_label], outcome)
+
+    def _repair(self, state: State, run: ActiveRun, outcome: RunOutcome) -> None:
+        """Auto-repair: a first attempt that failed with a known fix runs once more (repair.py plans it)."""
+        if run.attempt > 1:
+            tags = {"agentexp.repair.retry_status": outcome.status}
+            self._repair_evidence(run, "run_outcome_retry", tags, {"run": outcome.model_dump(mode="json")})
+            return
+        if self.ws.stop_requested():
+            return
+        python = repair.interpreter(self.cfg.repair, self.cfg.executor.python_exe)
+        fix = repair.attempt(run, outcome, self.cfg.repair, python, self.ws.root / "repair_src")
+        if fix is None:
+            return
+        fields = {"run_label": run.run_label, **fix.model_dump(mode="json"), "retried": fix.retry}
+        self._repair_evidence(run, "auto_repair", fix.tags(), fields)
+        if fix.retry:  # same label, cycle and parent decision; attempt 2 is never repaired again
+            retry = self.executor.launch(
+                run.run_label, fix.repair.overrides, run.cycle, run.cycle_trace_id, run.parent_run_id, 2
+            )
+            state.active_runs.append(retry)
+            self.ws.save_state(state)
+
+    def _repair_evidence(self, run: ActiveRun, event: str, tags: dict[str, str], fields: dict) -> None:
+        """An event under the launching cycle, and tags on the decision run that launched the training."""
+        self.ws.append_event(run.cycle, run.cycle_trace_id, event, **fields)
+        if run.parent_run_id:
+            set_tags(self.tracker.uri, run.parent_run_id, tags)
 
     def _context(self, state: State, number: int, sig: Signals, ended: list[RunOutcome]):
         failed = [o for o in ended if o.status == "failed"]
         return context_mod.build(
             self.ws,
-            runs=self.tracker.training_runs(),
+            runs=self._run_view(),
             history=self.history[-HISTORY_WINDOW:],
             signals=sig,
             mission=self.mission,
             cycle=number,
             active_runs=[r.run_label for r in state.active_runs],
-            deadline=None,
+            deadline=self.finisher.deadline(self.clock()),
             failed_log_tail=failed[-1].error_tail if failed else "",
         )
+
+    def _run_view(self) -> context_mod.RunView:
+        rows = self.tracker.training_runs()
+        if self._runs is None or self._runs.rows is not rows:  # a new list only after a training ended
+            self._runs = context_mod.RunView(rows, self._runs)
+        return self._runs
 
     def _count_calls(self, state: State, calls: list[CallRecord]) -> None:
         state.llm_calls += len(calls)
         state.cost_usd += sum(c.usage.cost_usd for c in calls)
 
     def _review(self, state: State, cycle: Cycle, ctx) -> None:
-        if self.mentor is None:
+        if self.mentor is None or cycle.planned:
             return
         busy = bool(state.active_runs) and cycle.decision.action == Action.WAIT
         trigger = self.mentor.due(cycle.number, cycle.signals, busy, self.idle_streak, self.new_evidence)
@@ -211,9 +273,11 @@ class Loop:
             )
 
     def _gate(self, state: State, cycle: Cycle) -> None:
+        if cycle.planned:  # a configuration that already ran, launched as recorded
+            return
         decision = cycle.decision
         verdict = gate.check(decision, self.cfg.gate)
-        violations = list(verdict.violations)
+        violations = list(verdict.violations) + self.finisher.refusals(decision.action, self.clock())
         if decision.action == Action.TRAIN and not violations:
             if not self.executor.has_capacity(state.active_runs):
                 violations.append(f"{len(state.active_runs)} training(s) already running (max_concurrent)")
@@ -231,9 +295,8 @@ class Loop:
         decision = cycle.decision
         if decision.action == Action.TRAIN:
             label = decision.run_label
-            run = self.executor.launch(
-                label, self._train_overrides(decision), cycle.number, cycle.trace_id, decision_run_id
-            )
+            overrides = cycle.planned.overrides if cycle.planned else self._train_overrides(decision)
+            run = self.executor.launch(label, overrides, cycle.number, cycle.trace_id, decision_run_id)
             state.active_runs.append(run)
             self.ws.save_state(state)  # a crash from here on still knows the process
             cycle.launched, cycle.outcome = label, "launched"
@@ -243,11 +306,41 @@ class Loop:
             cycle.outcome = "finished_loop"
         if state.active_runs and decision.action in (Action.TRAIN, Action.WAIT):
             seconds = self.executor.monitor_window(decision.monitor_seconds, runs_active=True)
-            ended = self.executor.monitor(
-                state.active_runs, seconds, self._beat(state), self.ws.stop_requested
-            )
+            ended = self.executor.monitor(state.active_runs, seconds, self._beat(state), self._should_stop)
             self._ended(state, ended)
             cycle.ended += ended
+
+    # ---- finish-up -------------------------------------------------------------------------------
+
+    def _finish_up(self, state: State) -> str | None:
+        """Before each cycle: at the deadline or after the final rounds, stop the trainings and report."""
+        now = self.clock()
+        if self.ws.stop_requested() or not self.finisher.report_due(bool(state.active_runs), now):
+            return None
+        runs = {run.run_label: run for run in state.active_runs}
+        ended = [self.executor.terminate(run) for run in runs.values()]  # past the deadline: KILLED
+        for outcome in ended:
+            run = runs[outcome.run_label]
+            record = outcome.model_dump(mode="json")
+            self.ws.append_event(run.cycle, run.cycle_trace_id, "run_end", run=record)
+        self._ended(state, ended)
+        self._heartbeat(status="reporting", cycle=state.cycle)
+        done = self.finisher.report(now)
+        if done is None:  # cancelled meanwhile
+            return None
+        fields = {"files": done.report_files, "error": done.error, "stopped": sorted(runs)}
+        self.ws.append_event(state.cycle, "finish-up", "finish_up", **fields)
+        return "finish_up"
+
+    def _seed_result(self, state: State, planned: PlannedRun) -> WorkerResult:
+        """The loop's own decision for a seed run; it watches briefly while more could start at once."""
+        slots_left = len(state.active_runs) + 1 < self.cfg.executor.max_concurrent
+        more = slots_left and self.finisher.more_now(self.clock())
+        watch = 0 if more else self.cfg.executor.monitor_seconds_max
+        return WorkerResult(decision=seed_decision(planned, watch), calls=[], error=None)
+
+    def _should_stop(self) -> bool:
+        return self.ws.stop_requested() or self.finisher.deadline_passed(self.clock())
 
     def _beat(self, state: State):
         return lambda: self._heartbeat(
@@ -270,8 +363,10 @@ class Loop:
             self.ws.append_workpad("Notes", cycle.number, chores.notes_update)
         if chores.data_exploration_update:
             self.ws.append_workpad("Data Exploration", cycle.number, chores.data_exploration_update)
-        self.todos.resolve(chores.resolve_shared_todo_ids)
-        self.todos.add(chores.todo_new, "worker", cycle.number)
+        if chores.resolve_shared_todo_ids:  # each queue call reads the whole queue file
+            self.todos.resolve(chores.resolve_shared_todo_ids)
+        if chores.todo_new:
+            self.todos.add(chores.todo_new, "worker", cycle.number)
         review = cycle.mentor.review if cycle.mentor else None
         if review is not None and review.verdict == "off_track":
             if todo := review_todo(review):
@@ -290,17 +385,25 @@ class Loop:
             self.ws.append_event(cycle.number, cycle.trace_id, "quality_gate", quality_gate=cycle.violations)
         for outcome in cycle.ended:
             self.ws.append_event(cycle.number, cycle.trace_id, "run_end", run=outcome.model_dump(mode="json"))
-        self.tracker.finish_decision(decision_run_id, *_decision_record(self.cfg, cycle))
-        state.cycle = cycle.number
-        self.ws.save_state(state)
-        self.ws.append_storyline(cycle.number, cycle.trace_id, _story(cycle))
+        self.tracker.log_calls(decision_run_id, "worker", cycle.calls)
+        if cycle.mentor:
+            self.tracker.log_calls(decision_run_id, "mentor", cycle.mentor.calls)
+        self.tracker.log_decision(decision_run_id, *_decision_record(self.cfg, cycle))
+        story = _story(cycle)
+        # The commit point: a restart counts the cycle done once its cycle_end is written, and
+        # completes the rest (state, storyline, decision run status) from it if a crash cuts in.
         self.ws.append_event(
             cycle.number,
             cycle.trace_id,
             "cycle_end",
             summary=summary.model_dump(mode="json"),
             decision_run_id=decision_run_id,
+            story=story,
         )
+        state.cycle = cycle.number
+        self.ws.save_state(state)
+        self.ws.append_storyline(cycle.number, cycle.trace_id, story)
+        self.tracker.end_run(decision_run_id, "FINISHED", flush_traces=False)  # flushed at session end
 
 
 def _wait(error: str | None) -> WorkerDecision:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
 
@@ -54,3 +57,40 @@ def fingerprint(parts: Iterable[bytes | str]) -> str:
         digest.update(part.encode() if isinstance(part, str) else part)
         digest.update(b"\0")
     return digest.hexdigest()[:16]
+
+
+class CheckoutError(Exception):
+    """The recorded code cannot be checked out (no checkout, a vanished commit, a diff that won't apply)."""
+
+
+@contextmanager
+def source_tree(repo_dir: Path, commit: str, diff: str | None) -> Iterator[tuple[Path, str]]:
+    """The code of `commit` (+ `diff`): the checkout itself when it is exactly that, else a temporary
+    git worktree, removed afterwards. Yields the tree and where it is, in words."""
+    try:
+        repo = git.Repo(repo_dir, search_parent_directories=True)
+    except (git.InvalidGitRepositoryError, git.NoSuchPathError):
+        raise CheckoutError(f"{Path(repo_dir).resolve()} is not a git checkout (pass --repo)") from None
+    try:  # repo.commit() accepts any 40-hex name without looking it up
+        sha = repo.git.rev_parse("--verify", "--quiet", f"{commit}^{{commit}}")
+    except git.GitCommandError:
+        raise CheckoutError(f"commit {commit} no longer exists in {repo.working_dir}") from None
+    if diff is None and repo.head.commit.hexsha == sha and not repo.is_dirty(untracked_files=False):
+        yield Path(repo.working_dir), "in the checkout (HEAD is the recorded commit)"
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="agentexp-worktree-")).resolve()
+    tree = tmp / "tree"
+    try:
+        repo.git.worktree("add", "--detach", str(tree), sha)
+        if diff is not None:
+            patch = tmp / "recorded.patch"
+            patch.write_text(diff, encoding="utf-8")
+            try:
+                git.Repo(tree).git.apply(str(patch))
+            except git.GitCommandError:
+                raise CheckoutError(f"the recorded diff does not apply to commit {sha[:12]}") from None
+        yield tree, f"in a worktree at {sha[:12]}" + (" with the recorded diff" if diff is not None else "")
+    finally:
+        if tree.exists():
+            repo.git.worktree("remove", "--force", str(tree))
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -7,10 +7,11 @@ import logging
 import math
 import os
 import re
+import shutil
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -59,6 +60,8 @@ class ActiveRun(BaseModel):
     """1 for the first launch, 2 after an auto-repair retry."""
     overrides: list[str] = Field(default_factory=list)
     """Hydra overrides the trainer was started with."""
+    parent_run_id: str | None = None
+    """MLflow run id of the decision that launched it (an auto-repair retry is nested there too)."""
 
 
 class State(BaseModel):
@@ -82,14 +85,18 @@ class State(BaseModel):
     """LLM cost of this session (the cost budget)."""
 
 
-def atomic_write_text(path: Path, text: str) -> None:
-    """Replace `path` with `text` so readers see the old or the new file, never a partial one."""
+def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
+    """Replace `path` with `text` so readers see the old or the new file, never a partial one.
+
+    durable=False skips the fsync: still atomic for readers, but a power cut may lose the new content.
+    """
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -143,6 +150,7 @@ class Workspace:
         self.workpad_path = self.artifacts / "workpad.md"
         self.mentor_notes_path = self.artifacts / "mentor_notes.md"
         self.stop_path = self.root / "STOP"
+        self.finishup_path = self.root / "FINISH_UP.json"
         self.lock_path = self.logs / "loop.lock"
         self.pid_path = self.logs / "loop.pid"
 
@@ -175,7 +183,8 @@ class Workspace:
         """Refresh logs/daemon_heartbeat.json with the time, this pid and `info`."""
         self.create()
         record = {"ts": self.clock(), "pid": os.getpid(), **_finite(info)}
-        atomic_write_text(self.heartbeat_path, json.dumps(record, default=str))
+        # no fsync: a heartbeat is rewritten every cycle and every monitoring poll; losing one is harmless
+        atomic_write_text(self.heartbeat_path, json.dumps(record, default=str), durable=False)
 
     def read_heartbeat(self) -> dict[str, Any] | None:
         """The last heartbeat, or None when there is none."""
@@ -216,10 +225,19 @@ class Workspace:
             handle.write(f"- cycle {cycle} [{cycle_trace_id}] {flatten(text)}\n")
 
     def storyline_tail(self, lines: int = 10) -> list[str]:
-        """The last `lines` storyline lines."""
+        """The last `lines` storyline lines, read from the end of the file (it grows by a line a cycle)."""
         if lines <= 0 or not self.storyline_path.exists():
             return []
-        return self.storyline_path.read_text(encoding="utf-8").splitlines()[-lines:]
+        with self.storyline_path.open("rb") as handle:
+            size, chunk = handle.seek(0, os.SEEK_END), 16384
+            while True:
+                start = max(0, size - chunk)
+                handle.seek(start)
+                found = handle.read().splitlines()
+                if start == 0 or len(found) > lines:  # past the first line, which may be cut
+                    break
+                chunk *= 4
+        return [line.decode("utf-8", errors="replace") for line in found[-lines:]]
 
     def append_workpad(self, section: WorkpadSection, cycle: int, text: str) -> None:
         """Add an entry at the end of a workpad section."""
@@ -242,15 +260,18 @@ class Workspace:
         sections = dict.fromkeys(get_args(WorkpadSection), "")
         if not self.workpad_path.exists():
             return sections
+        # lines are joined once: `+=` on a long str held in a dict copies it every time
+        parts: dict[str, list[str]] = {name: [] for name in sections}
         current = None
         for line in self.workpad_path.read_text(encoding="utf-8").splitlines(keepends=True):
             name = line[3:].strip() if line.startswith("## ") else None
-            if name in sections:
+            if name in parts:
                 current = name
             elif current:
-                sections[current] += line
+                parts[current].append(line)
+        joined = {name: "".join(lines) for name, lines in parts.items()}
         return {
-            name: content.rstrip("\n") + "\n" if content.strip() else "" for name, content in sections.items()
+            name: content.rstrip("\n") + "\n" if content.strip() else "" for name, content in joined.items()
         }
 
     def append_mentor_note(self, cycle: int, text: str) -> None:
@@ -285,6 +306,28 @@ class Workspace:
     def clear_stop(self) -> None:
         """Forget a stop request."""
         self.stop_path.unlink(missing_ok=True)
+
+    # finish-up schedule --------------------------------------------------------------------------
+
+    def read_finishup(self) -> dict[str, Any] | None:
+        """The finish-up schedule as stored, or None when there is none."""
+        try:
+            text = self.finishup_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return None
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise WorkspaceError(f"{self.finishup_path} is not valid JSON; schedule finish-up again") from exc
+
+    def write_finishup(self, schedule: dict[str, Any]) -> None:
+        """Replace FINISH_UP.json atomically."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.finishup_path, json.dumps(schedule, indent=2))
+
+    def clear_finishup(self) -> None:
+        """Forget the finish-up schedule."""
+        self.finishup_path.unlink(missing_ok=True)
 
     # single-instance lock ------------------------------------------------------------------------
 
@@ -324,3 +367,71 @@ class Workspace:
             return int(self.pid_path.read_text(encoding="utf-8").strip())
         except (FileNotFoundError, ValueError):
             return None
+
+    # data link and fresh reset -------------------------------------------------------------------
+
+    @property
+    def data_link(self) -> Path:
+        """The data link: a `data` symlink to the user's dataset."""
+        return self.root / "data"
+
+    def link_data(self, target: Path) -> Path:
+        """Point the data link at `target`, replacing an earlier link; returns the absolute target."""
+        target = Path(target).expanduser().resolve()
+        if not target.exists():
+            raise WorkspaceError(f"{target} does not exist: link-data needs your dataset's folder or file")
+        if self.data_link.exists() and not self.data_link.is_symlink():
+            raise WorkspaceError(f"{self.data_link} is a real folder or file, not a link: move it away first")
+        self.root.mkdir(parents=True, exist_ok=True)
+        staged = self.root / f".data.{uuid.uuid4().hex[:8]}.tmp"
+        staged.symlink_to(target, target_is_directory=target.is_dir())
+        os.replace(staged, self.data_link)  # atomic: the link is the old one or the new one, never absent
+        return target
+
+    def reset(self, archive: bool, keep: Iterable[str] = ()) -> Path | None:
+        """Empty the workspace: move it whole to `<name>_archive/<UTC time>/` beside it (returned) or
+        delete it; entries named in `keep` (codex_home, data) move into the fresh, empty workspace.
+
+        Raises AlreadyRunning while a loop holds the lock. Deleting removes the data link, never its data.
+        """
+        if not self.root.exists():
+            return None
+        with self._held_for_reset():
+            staged = self.root.with_name(f"{self.root.name}.reset-{uuid.uuid4().hex[:8]}")
+            os.rename(self.root, staged)
+            self.root.mkdir()
+            for name in keep:
+                if os.path.lexists(staged / name):
+                    os.rename(staged / name, self.root / name)
+            if not archive:
+                shutil.rmtree(staged)  # unlinks symlinks, never follows them
+                return None
+            dest = self._archive_dir()
+            os.rename(staged, dest)
+            return dest
+
+    @contextmanager
+    def _held_for_reset(self) -> Iterator[None]:
+        if not self.logs.is_dir():  # no loop ever ran here: there is no lock to take
+            yield
+            return
+        file_lock = FileLock(self.lock_path, timeout=0)
+        try:
+            file_lock.acquire()
+        except Timeout:
+            pid = self._recorded_pid() or "unknown"
+            raise AlreadyRunning(f"the loop is running in {self.root} (pid {pid}); stop it first") from None
+        try:
+            yield
+        finally:
+            file_lock.release()
+
+    def _archive_dir(self) -> Path:
+        parent = self.root.with_name(f"{self.root.name}_archive")
+        parent.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(self.clock()))
+        dest, n = parent / stamp, 1
+        while dest.exists():
+            n += 1
+            dest = parent / f"{stamp}-{n}"
+        return dest

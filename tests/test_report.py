@@ -1,0 +1,294 @@
+"""The final leaderboard, story and paper report, read from a store filled the way the trainer and loop do."""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import statistics
+
+import pytest
+from conftest import TINY, compose_train
+from mlflow.entities import Metric, Param
+from typer.testing import CliRunner
+
+from agentexp import report, tracking
+from agentexp.cli import app
+from agentexp.paper import PER_CLASS
+from agentexp.ranking import markdown_table
+from agentexp.workspace import Workspace
+from trainers.train import train as run_trainer
+
+METRIC = "best_val_acc"
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+class Fill:
+    """Runs shaped like the trainer's and the loop's, written straight into the test store."""
+
+    def __init__(self, store):
+        self.uri, self.client = store.uri, store.client
+        self.experiment_id = tracking.ensure_store(store.uri, "test")
+        self.clock = 1_700_000_000_000
+        self.loop_id: str | None = None
+
+    def _next(self) -> int:
+        self.clock += 1000
+        return self.clock
+
+    def loop(self) -> str:
+        tags = {tracking.KIND: "loop"}
+        run = self.client.create_run(self.experiment_id, run_name="loop", tags=tags, start_time=self._next())
+        self.client.log_param(run.info.run_id, "llm", "scripted")
+        self.loop_id = run.info.run_id
+        return self.loop_id
+
+    def decision(self, cycle: int, dimension: str, label: str) -> tuple[str, str]:
+        trace = f"c{cycle:05d}-0000abcd"
+        tags = {tracking.KIND: "decision", tracking.CYCLE_TRACE_ID: trace, tracking.CYCLE: str(cycle)}
+        if self.loop_id:
+            tags[tracking.PARENT_RUN_ID] = self.loop_id
+        run = self.client.create_run(self.experiment_id, self._next(), tags, f"cycle-{cycle:04d}")
+        params = [Param("action", "train"), Param("strategy_dimension", dimension), Param("run_label", label)]
+        metrics = [Metric("llm_calls", 1, 0, 0), Metric("cost_usd", 0.002, 0, 0)]
+        self.client.log_batch(run.info.run_id, metrics=metrics, params=params)
+        self.client.set_terminated(run.info.run_id, "FINISHED")
+        return run.info.run_id, trace
+
+    def train(self, label, value, overrides=(), *, seed=None, status="FINISHED", decision=None, start=None):
+        argv = ["trainer.epochs=3", "data=digits", *overrides]
+        argv += [f"trainer.seed={seed}"] if seed is not None else []
+        tags = {
+            tracking.KIND: "train",
+            tracking.OVERRIDES: json.dumps([*argv, f"run_label={label}"]),
+            tracking.SEED: str(seed if seed is not None else 42),
+            tracking.GIT_COMMIT: "ab12" * 10,
+            tracking.COMMAND: "python -m trainers.train " + " ".join([*argv, f"run_label={label}"]),
+            tracking.DEVICE: "cpu",
+            tracking.GPU_NAME: "none",
+        }
+        if decision is not None:
+            tags[tracking.PARENT_RUN_ID], tags[tracking.CYCLE_TRACE_ID] = decision
+        run = self.client.create_run(self.experiment_id, start or self._next(), tags, label)
+        metrics = [Metric("wall_time_s", 10.0 + len(label), 0, 0)]
+        metrics += [Metric(METRIC, value, 0, 0)] if value is not None else []
+        params = [Param("model.name", "resnet18"), Param("trainer.epochs", "3"), Param("data.kind", "digits")]
+        self.client.log_batch(
+            run.info.run_id, metrics=metrics, params=[*params, Param("data.image_size", "32")]
+        )
+        self.client.set_terminated(run.info.run_id, status)
+        return run.info.run_id
+
+    def source(self, direction: str = "maximize") -> report.Source:
+        return report.Source(uri=self.uri, experiment="test", metric=METRIC, direction=direction)
+
+
+@pytest.fixture
+def fill(store) -> Fill:
+    return Fill(store)
+
+
+@pytest.mark.parametrize(
+    ("direction", "expected"), [("maximize", ["b", "c", "a"]), ("minimize", ["a", "c", "b"])]
+)
+def test_leaderboard_follows_the_metric_direction(fill, direction, expected):
+    for label, value in (("a", 0.70), ("b", 0.90), ("c", 0.80)):
+        fill.train(label, value, [f"optim.lr={value}"])
+    entries = report.leaderboard(fill.source(direction), 3)
+    assert [e.run_label for e in entries] == expected
+    assert [e.rank for e in entries] == [1, 2, 3]
+    assert [e.run_label for e in report.leaderboard(fill.source(direction), 2)] == expected[:2]
+
+
+def test_ties_go_to_the_run_that_started_first(fill):
+    late = fill.train("late", 0.9, ["optim.lr=0.1"], start=fill.clock + 50_000)
+    early = fill.train("early", 0.9, ["optim.lr=0.2"], start=fill.clock + 10_000)
+    assert [e.run_id for e in report.leaderboard(fill.source(), 5)] == [early, late]
+
+
+def test_failed_killed_and_running_runs_are_left_out(fill):
+    fill.train("crashed", 0.99, ["optim.lr=1"], status="FAILED")
+    fill.train("stopped", 0.98, ["optim.lr=2"], status="KILLED")
+    fill.train("still", 0.97, ["optim.lr=3"], status="RUNNING")
+    kept = fill.train("done", 0.50, ["optim.lr=4"])
+    fill.train("no-metric", None, ["optim.lr=5"])
+    assert [e.run_id for e in report.leaderboard(fill.source(), 10)] == [kept]
+
+
+def test_seed_runs_aggregate_into_mean_std_n(fill):
+    ids = [
+        fill.train("lr3", 0.90, ["optim.lr=0.003"]),
+        fill.train("lr3-s1", 0.97, ["optim.lr=0.003"], seed=1),
+        fill.train("lr3-s2", 0.92, ["optim.lr=0.003"], seed=2),
+    ]
+    fill.train("lr3-s3", 0.99, ["optim.lr=0.003"], seed=3, status="FAILED")
+    single = fill.train("lr1", 0.935, ["optim.lr=0.001"])
+    top, second = report.leaderboard(fill.source(), 10)
+    assert (top.run_id, second.run_id) == (single, ids[1])  # 0.935 beats the mean 0.93, not the best 0.97
+    assert second.n == 3 and second.seed_run_ids == ids and second.seeds == ["42", "1", "2"]
+    assert second.mean == pytest.approx(statistics.fmean([0.90, 0.97, 0.92]))
+    assert second.std == pytest.approx(statistics.stdev([0.90, 0.97, 0.92]))
+    assert second.best == 0.97 and second.key_overrides == ["optim.lr=0.003"]
+    assert (top.n, top.std) == (1, None)
+    table = markdown_table([top, second])
+    assert "| 0.9300 ± 0.0361 (3) |" in table and "| 0.9350 |" in table
+    assert all(f"`{run_id}`" in table for run_id in ids)
+
+
+def scenario(fill: Fill, tmp_path) -> dict[str, str]:
+    """One loop: optimization helped, model_arch failed twice (one run crashed, one never started)."""
+    fill.loop()
+    ws = Workspace(tmp_path / ".llm_loop")
+    ids = {
+        "base": fill.train(
+            "base", 0.90, ["optim.lr=0.001"], decision=fill.decision(1, "optimization", "base")
+        )
+    }
+    ids["lr3"] = fill.train("lr3", 0.95, ["optim.lr=0.003"], decision=fill.decision(2, "optimization", "lr3"))
+    ids["effnet"] = fill.train(
+        "effnet",
+        None,
+        ["model=efficientnet_b0"],
+        status="FAILED",
+        decision=fill.decision(3, "model_arch", "effnet"),
+    )
+    ids["bogus"], trace = fill.decision(4, "model_arch", "bogus")
+    tail = "Traceback (most recent call last):\nError: Unsupported model.name 'bogus': not a timm model"
+    run_end = {"run_label": "bogus", "status": "failed", "returncode": 1, "error_tail": tail}
+    ws.append_event(4, trace, "run_end", run=run_end)
+    crash = {
+        "run_label": "effnet",
+        "status": "failed",
+        "returncode": 1,
+        "error_tail": "RuntimeError: CUDA oom",
+    }
+    ws.append_event(3, "c00003-0000abcd", "run_end", run=crash)
+    fill.client.log_dict(
+        ids["lr3"], {"0": {"recall": 0.9}, "1": {"recall": 1.0}, "accuracy": 0.95}, PER_CLASS
+    )
+    return ids
+
+
+def test_story_and_report_name_what_helped_and_what_failed(fill, tmp_path):
+    ids = scenario(fill, tmp_path)
+    report.write_report(fill.source(), 10, tmp_path)
+    out = tmp_path / ".llm_loop" / "artifacts"
+    story = (out / "final_condensed_story.md").read_text()
+    assert "## optimization: tried 2, helped 1, failed 0" in story
+    assert "## model_arch: tried 2, helped 0, failed 2" in story
+    helped = story.split("- Helped")[1].split("- Failed")[0]
+    assert ids["lr3"] in helped and ids["base"] not in helped
+    assert "Unsupported model.name 'bogus'" in story and "RuntimeError: CUDA oom" in story
+    for name in ("final_paper_report.md", "final_paper_report.html"):
+        text = (out / name).read_text()
+        assert "optimization" in text and "model_arch" in text
+        assert all(run_id in text for run_id in ids.values()), name
+        assert "Unsupported model.name" in text
+    paper = (out / "final_paper_report.md").read_text()
+    for section in ("Abstract", "Setup", "Method", "Results", "Gains by strategy dimension", "Figures"):
+        assert f"## {section}" in paper
+    assert "## Appendix: reproducibility" in paper and "python -m trainers.train trainer.epochs=3" in paper
+    assert "cpu, GPU none (3 runs)" in paper
+
+
+def test_html_embeds_its_figures_and_the_files_land_on_the_newest_loop_run(fill, tmp_path, store):
+    older = fill.loop()
+    scenario(fill, tmp_path)
+    files = report.write_report(fill.source(), 10, tmp_path)
+    html = (tmp_path / ".llm_loop" / "artifacts" / "final_paper_report.html").read_text()
+    images = [part.split('"')[0] for part in html.split('src="data:image/png;base64,')[1:]]
+    assert len(images) == 3  # best vs cycle, leaderboard bars, per-class accuracy
+    assert all(base64.b64decode(image).startswith(PNG) for image in images)
+    logged = {a.path for a in store.client.list_artifacts(fill.loop_id, "report")}
+    assert logged == {f"report/{path.name}" for path in files}
+    assert "report/final_leaderboard_top10.json" in logged
+    assert not store.client.list_artifacts(older, "report")
+
+
+def test_every_leaderboard_number_matches_mlflow(fill, tmp_path, store):
+    scenario(fill, tmp_path)
+    fill.train("lr3-s1", 0.93, ["optim.lr=0.003"], seed=1, decision=fill.decision(5, "evaluation", "lr3-s1"))
+    report.write_report(fill.source(), 5, tmp_path)
+    out = tmp_path / ".llm_loop" / "artifacts"
+    rows = json.loads((out / "final_leaderboard_top5.json").read_text())
+    table = (out / "final_leaderboard_top5.md").read_text()
+    assert len(rows) == 2
+    for row in rows:
+        run = store.client.get_run(row["run_id"])
+        values = [store.client.get_run(r).data.metrics[METRIC] for r in row["seed_run_ids"]]
+        assert row["best"] == run.data.metrics[METRIC] == max(values)
+        assert row["mean"] == pytest.approx(statistics.fmean(values)) and row["n"] == len(values)
+        assert row["wall_time_s"] == run.data.metrics["wall_time_s"]
+        assert str(row["epochs"]) == run.data.params["trainer.epochs"]
+        assert row["model"] == run.data.params["model.name"]
+        assert row["git_commit"] == run.data.tags[tracking.GIT_COMMIT]
+        assert row["command"] == run.data.tags[tracking.COMMAND]
+        first = store.client.get_run(row["seed_run_ids"][0])
+        assert row["cycle"] == tracking.cycle_of(first.data.tags[tracking.CYCLE_TRACE_ID])
+        line = next(x for x in table.splitlines() if f"| `{row['run_id']}` |" in x)
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        std = f" ± {statistics.stdev(values):.4f} ({len(values)})" if len(values) > 1 else ""
+        assert cells[3] == f"{statistics.fmean(values):.4f}{std}"
+        assert cells[7] == f"{run.data.metrics['wall_time_s']:.1f}" and cells[9] == str(row["cycle"])
+    assert rows[0]["n"] == 2 and rows[0]["std"] == pytest.approx(statistics.stdev([0.95, 0.93]))
+    assert [
+        e.model_dump(mode="json") for e in report.leaderboard(fill.source(), 5)
+    ] == rows  # the top-k query
+
+
+def test_projected_read_matches_search_runs(fill):
+    fill.loop()
+    fill.train("a", 0.5, ["optim.lr=0.1"], decision=fill.decision(1, "loss", "a"))
+    fill.train("b", math.nan, ["optim.lr=0.2"], status="FAILED")
+    keys = {"metrics": (METRIC, "wall_time_s"), "params": ("model.name",), "tags": (tracking.OVERRIDES,)}
+    for kind in ("train", "decision", "loop"):
+        fast = tracking.run_table(fill.uri, fill.experiment_id, kind, *keys.values())
+        slow = tracking._search_table(fill.client, fill.experiment_id, kind, *keys.values())
+        slow.sort(key=lambda r: (r["start_time"], r["run_id"]))
+        assert json.dumps(fast) == json.dumps(slow) and fast, kind
+    some = [fill.client.search_runs([fill.experiment_id], "attributes.run_name = 'b'")[0].info.run_id]
+    fast = tracking.run_table(fill.uri, fill.experiment_id, "train", *keys.values(), run_ids=some)
+    slow = tracking._search_table(fill.client, fill.experiment_id, "train", *keys.values(), run_ids=some)
+    assert json.dumps(fast) == json.dumps(slow) and [r["run_id"] for r in fast] == some
+
+
+def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
+    result = CliRunner().invoke(app, ["report", "--top-k", "3", "--workspace-root", str(tmp_path)])
+    assert result.exit_code != 0
+    (line,) = result.output.strip().splitlines()
+    assert line.startswith("Error: ") and "nothing to report" in line
+    result = CliRunner().invoke(
+        app, ["leaderboard", "--experiment", "other", "--uri", "sqlite:///elsewhere.db"]
+    )
+    assert result.exit_code != 0 and len(result.output.strip().splitlines()) == 1
+    assert "'other'" in result.output and str(tmp_path / "elsewhere.db") in result.output
+    assert not (tmp_path / "elsewhere.db").exists()  # a report never creates a store
+
+
+def test_report_with_only_failed_runs_is_one_clear_line(fill):
+    fill.train("crashed", None, status="FAILED")
+    result = CliRunner().invoke(app, ["leaderboard", "--top-k", "3"])
+    assert result.exit_code != 0
+    assert result.output.strip() == (
+        f"Error: no finished training run with {METRIC} in experiment 'test' "
+        f"(1 training runs in {fill.uri}): nothing to report"
+    )
+
+
+def test_report_cli_on_real_tiny_trainings(tmp_path, store):
+    for lr in ("0.002", "0.0005"):
+        overrides = [*TINY, f"optim.lr={lr}"]
+        run_trainer(compose_train(overrides), tmp_path / f"run-{lr}", overrides)
+    result = CliRunner().invoke(app, ["report", "--top-k", "2", "--workspace-root", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    out = tmp_path / ".llm_loop" / "artifacts"
+    rows = json.loads((out / "final_leaderboard_top2.json").read_text())
+    runs = {r.info.run_id: r for r in store.runs("train")}
+    assert {row["run_id"] for row in rows} == set(runs)
+    assert [row["best"] for row in rows] == sorted(
+        (r.data.metrics[METRIC] for r in runs.values()), reverse=True
+    )
+    assert rows[0]["key_overrides"] == [f"optim.lr={runs[rows[0]['run_id']].data.params['optim.lr']}"]
+    assert (out / "final_fig_per_class.png").read_bytes().startswith(PNG)
+    listed = CliRunner().invoke(app, ["leaderboard", "--top-k", "2"])
+    assert listed.exit_code == 0 and all(f"`{row['run_id']}`" in listed.output for row in rows)
