@@ -131,6 +131,7 @@ class RunView:
         self._boards: dict[str, list[dict[str, Any]]] = {}
 
     def leaderboard(self, direction: str) -> list[dict[str, Any]]:
+        """The best finished runs in the metric's direction, computed once per view."""
         if direction not in self._boards:
             self._boards[direction] = leaderboard(self.infos, direction)
         return [dict(entry) for entry in self._boards[direction]]

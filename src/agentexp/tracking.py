@@ -105,7 +105,8 @@ CYCLE = "agentexp.cycle"
 MAX_QUERY = 5000
 """Training runs read for the agents' context (newest first); older ones only matter to reports."""
 REFRESH_OVERLAP_MS = 10 * 60 * 1000
-"""A refresh re-reads the runs that ended up to this long before the previous read (clock skew)."""
+"""A refresh also re-reads runs started this long before the previous read (clocks of other machines)."""
+UNFINISHED = ("RUNNING", "SCHEDULED")
 
 
 def trace_id_for(cycle: int) -> str:
@@ -224,16 +225,18 @@ class Tracker:
     def training_runs(self) -> list[dict]:
         """Every training run as the agents see it (newest last); cached until invalidate().
 
-        The first call reads them all; later ones only the runs that ended since the previous read (a run
-        still running shows up once it ends), so a refresh after each training stays cheap at 5,000 runs.
+        The first call reads them all; later ones re-read only the runs that can have changed since the
+        previous read (those started since, and those still running then), so a refresh after each
+        training stays cheap at 5,000 runs. A run deleted meanwhile stays listed until the next session.
         """
         if self._train_runs is None:
             now = int(time.time() * 1000)
             if self._read_at is None:
                 found = self._search_training("")
             else:
-                since = self._read_at - REFRESH_OVERLAP_MS
-                found = self._search_training(f" and attributes.end_time >= {since}")
+                running = [start for start, row in self._known.values() if row["status"] in UNFINISHED]
+                since = min([self._read_at, *running]) - REFRESH_OVERLAP_MS
+                found = self._search_training(f" and attributes.start_time >= {since}")
             self._known |= {run.info.run_id: (run.info.start_time or 0, _as_training(run)) for run in found}
             newest = sorted(self._known.items(), key=lambda item: item[1][0])[-MAX_QUERY:]
             self._known = dict(newest)
