@@ -10,6 +10,7 @@ import pytest
 from agentexp import tracking
 from agentexp.cli import build_loop
 from agentexp.config import compose_loop
+from agentexp.executor import Executor
 from agentexp.workspace import Workspace
 
 FAST_TRAINING = "loop.train_overrides=['trainer.epochs=1','debug=fast','data.image_size=16']"
@@ -137,3 +138,43 @@ def test_second_instance_refuses_to_start(tmp_path, store):
     loop = build_loop(compose_loop(["mentor.enabled=false", f"loop.workspace={tmp_path / '.llm_loop'}"]))
     with loop.ws.lock(), pytest.raises(Exception, match="another agentexp loop is running"):
         loop.run()
+
+
+def test_silent_training_is_a_stale_orphan_and_recovery_stops_it(tmp_path, store, monkeypatch):
+    (tmp_path / "silent_trainer.py").write_text("import time\ntime.sleep(300)\n")  # never writes its log
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    wait = decision("wait", monitor_seconds=1)
+    reason, ws = run_loop(
+        tmp_path,
+        [decision(monitor_seconds=1), wait, wait, wait],
+        "loop.max_cycles=4",
+        "executor.trainer_module=silent_trainer",
+        "loop.stale_orphan_cycles=2",
+        "loop.stuck_wait_recovery=true",
+    )
+    assert reason == "max_cycles"
+    events = ws.events()
+    (stale,) = [e for e in events if e["event"] == "stale_orphan"]
+    assert stale["cycle"] == 4 and stale["run_label"] == "resnet18-lr2e-3" and stale["stopped"] is True
+    (end,) = [e for e in events if e["event"] == "run_end"]
+    assert end["run"]["status"] == "killed" and end["cycle"] == 4
+    assert ws.load_state().active_runs == []
+    assert not Executor.alive(stale["pid"])
+
+
+def test_stale_orphan_is_only_reported_without_recovery(tmp_path, store, monkeypatch):
+    (tmp_path / "silent_trainer.py").write_text("import time\ntime.sleep(8)\n")  # silent, ends by itself
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    wait = decision("wait", monitor_seconds=1)
+    reason, ws = run_loop(
+        tmp_path,
+        [decision(monitor_seconds=1), wait, wait, wait],
+        "loop.max_cycles=4",
+        "executor.trainer_module=silent_trainer",
+        "loop.stale_orphan_cycles=2",
+    )
+    events = ws.events()
+    (stale,) = [e for e in events if e["event"] == "stale_orphan"]
+    assert stale["stopped"] is False
+    (end,) = [e for e in events if e["event"] == "run_end"]
+    assert end["run"]["status"] == "failed"  # it ran on until it ended; no summary line, so failed

@@ -67,6 +67,8 @@ class Loop:
         self.todos = TodoQueue(workspace.artifacts)
         self.history: list[CycleSummary] = []
         self.idle_streak = 0
+        self.idle_since: float | None = None
+        """When the current streak of idle (wait/downgraded) cycles began."""
         self.new_evidence = False
         self.deadline: float | None = None
         self._runs: context_mod.RunView | None = None
@@ -166,7 +168,7 @@ class Loop:
         trace_id = trace_id_for(number)
         self._heartbeat(status="running", cycle=number, cycle_trace_id=trace_id)
         self.ws.append_event(number, trace_id, "cycle_start")
-        ended = self._poll(state)
+        ended = self._poll(state) + self._stale_orphans(state, number, trace_id)
         sig = signals.compute(
             self.history[-HISTORY_WINDOW:], len(self.todos.open_items()), self.mission.direction
         )
@@ -190,6 +192,29 @@ class Loop:
         ended = [outcome for run in state.active_runs if (outcome := self.executor.poll(run))]
         self._ended(state, ended)
         return ended
+
+    def _stale_orphans(self, state: State, number: int, trace_id: str) -> list[RunOutcome]:
+        """After stale_orphan_cycles idle cycles, a training whose log has not grown since the idle streak
+        began is a stale orphan: reported, and stopped when loop.stuck_wait_recovery is on."""
+        settings = self.cfg.loop
+        if self.idle_since is None or self.idle_streak < settings.stale_orphan_cycles:
+            return []
+        stopped = []
+        for run in [r for r in state.active_runs if _last_output(r) < self.idle_since]:
+            recover = settings.stuck_wait_recovery
+            self.ws.append_event(
+                number,
+                trace_id,
+                "stale_orphan",
+                run_label=run.run_label,
+                pid=run.pid,
+                idle_cycles=self.idle_streak,
+                stopped=recover,
+            )
+            if recover:
+                stopped.append(self.executor.terminate(run))
+        self._ended(state, stopped)
+        return stopped
 
     def _ended(self, state: State, outcomes: list[RunOutcome]) -> None:
         if not outcomes:
@@ -378,7 +403,11 @@ class Loop:
     def _record(self, state: State, cycle: Cycle, decision_run_id: str) -> None:
         summary = _summary(cycle)
         self.history.append(summary)
-        self.idle_streak = self.idle_streak + 1 if summary.outcome in ("waited", "downgraded") else 0
+        idle = summary.outcome in ("waited", "downgraded")
+        if idle and self.idle_since is None:
+            self.idle_since = self.clock()
+        self.idle_since = self.idle_since if idle else None
+        self.idle_streak = self.idle_streak + 1 if idle else 0
         if cycle.mentor:
             self.ws.append_event(cycle.number, cycle.trace_id, "mentor", mentor=_mentor_event(cycle))
         if cycle.violations:
@@ -404,6 +433,11 @@ class Loop:
         self.ws.save_state(state)
         self.ws.append_storyline(cycle.number, cycle.trace_id, story)
         self.tracker.end_run(decision_run_id, "FINISHED", flush_traces=False)  # flushed at session end
+
+
+def _last_output(run: ActiveRun) -> float:
+    """When the training last wrote to its log."""
+    return run.log_path.stat().st_mtime if run.log_path.exists() else run.started_at
 
 
 def _wait(error: str | None) -> WorkerDecision:
