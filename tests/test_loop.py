@@ -178,3 +178,33 @@ def test_stale_orphan_is_only_reported_without_recovery(tmp_path, store, monkeyp
     assert stale["stopped"] is False
     (end,) = [e for e in events if e["event"] == "run_end"]
     assert end["run"]["status"] == "failed"  # it ran on until it ended; no summary line, so failed
+
+
+def test_call_budget_stops_the_loop_cleanly(tmp_path, store):
+    reason, ws = run_loop(tmp_path, [decision("analyze")] * 5, "loop.max_cycles=5", "loop.max_llm_calls=2")
+    assert reason == "llm_call_budget"
+    assert ws.load_state().llm_calls == 2 and len(store.runs("decision")) == 2
+
+
+def test_cost_budget_counts_reported_tokens_at_configured_prices(tmp_path, store):
+    lines = [
+        json.dumps({"raw": decision("analyze"), "usage": {"input_tokens": 1_000_000, "output_tokens": 0}})
+    ]
+    (tmp_path / "costly.jsonl").write_text("\n".join(lines * 5) + "\n")
+    loop = build_loop(
+        compose_loop(
+            [
+                "llm=scripted",
+                f"llm.script={tmp_path / 'costly.jsonl'}",
+                "llm.input_cost_per_mtok=1.0",
+                "mentor.enabled=false",
+                f"loop.workspace={tmp_path / '.llm_loop'}",
+                "loop.poll_seconds=0",
+                "loop.max_cycles=5",
+                "loop.max_cost_usd=1.5",
+            ]
+        )
+    )
+    assert loop.run() == "cost_budget"
+    assert loop.ws.load_state().cost_usd == pytest.approx(2.0)
+    assert [d.data.metrics["cost_usd"] for d in store.runs("decision")] == [1.0, 1.0]
