@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from hydra import compose, initialize_config_dir
 from mlflow.tracking import MlflowClient
@@ -57,6 +59,18 @@ def store(tmp_path, template_db, monkeypatch) -> Store:
     if leaked is not None:
         mlflow.end_run()
         pytest.fail(f"test leaked an active MLflow run {leaked.info.run_id}")
+
+
+@pytest.fixture(autouse=True)
+def no_process_outlives_the_test(tmp_path):
+    """Loops, daemons and trainers all name tmp_path on their command line; none survives its test."""
+    yield
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if proc.pid != os.getpid() and str(tmp_path) in " ".join(proc.info["cmdline"] or []):
+                proc.kill()
+        except psutil.Error:
+            pass
 
 
 def compose_train(overrides: list[str]) -> TrainConfig:

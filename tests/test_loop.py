@@ -140,19 +140,19 @@ def test_second_instance_refuses_to_start(tmp_path, store):
         loop.run()
 
 
-def test_silent_training_is_a_stale_orphan_and_recovery_stops_it(tmp_path, store, monkeypatch):
-    (tmp_path / "silent_trainer.py").write_text("import time\ntime.sleep(300)\n")  # never writes its log
+def run_silent(tmp_path, monkeypatch, sleep_s: int, *extra: str) -> Workspace:
+    """A loop whose training never writes its log: it trains once, then waits three cycles."""
+    (tmp_path / "silent_trainer.py").write_text(f"import time\ntime.sleep({sleep_s})\n")
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     wait = decision("wait", monitor_seconds=1)
-    reason, ws = run_loop(
-        tmp_path,
-        [decision(monitor_seconds=1), wait, wait, wait],
-        "loop.max_cycles=4",
-        "executor.trainer_module=silent_trainer",
-        "loop.stale_orphan_cycles=2",
-        "loop.stuck_wait_recovery=true",
-    )
+    overrides = ["loop.max_cycles=4", "executor.trainer_module=silent_trainer", "loop.stale_orphan_cycles=2"]
+    reason, ws = run_loop(tmp_path, [decision(monitor_seconds=1), wait, wait, wait], *overrides, *extra)
     assert reason == "max_cycles"
+    return ws
+
+
+def test_silent_training_is_a_stale_orphan_and_recovery_stops_it(tmp_path, store, monkeypatch):
+    ws = run_silent(tmp_path, monkeypatch, 300, "loop.stuck_wait_recovery=true")
     events = ws.events()
     (stale,) = [e for e in events if e["event"] == "stale_orphan"]
     assert stale["cycle"] == 4 and stale["run_label"] == "resnet18-lr2e-3" and stale["stopped"] is True
@@ -163,16 +163,7 @@ def test_silent_training_is_a_stale_orphan_and_recovery_stops_it(tmp_path, store
 
 
 def test_stale_orphan_is_only_reported_without_recovery(tmp_path, store, monkeypatch):
-    (tmp_path / "silent_trainer.py").write_text("import time\ntime.sleep(8)\n")  # silent, ends by itself
-    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
-    wait = decision("wait", monitor_seconds=1)
-    reason, ws = run_loop(
-        tmp_path,
-        [decision(monitor_seconds=1), wait, wait, wait],
-        "loop.max_cycles=4",
-        "executor.trainer_module=silent_trainer",
-        "loop.stale_orphan_cycles=2",
-    )
+    ws = run_silent(tmp_path, monkeypatch, 8)  # silent, but ends by itself
     events = ws.events()
     (stale,) = [e for e in events if e["event"] == "stale_orphan"]
     assert stale["stopped"] is False

@@ -62,18 +62,6 @@ def ws(tmp_path) -> Workspace:
     return Workspace(tmp_path / ".llm_loop")
 
 
-@pytest.fixture(autouse=True)
-def no_process_outlives_the_test(tmp_path):
-    """Loops, daemons and trainers all name tmp_path on their command line; none survives a failed test."""
-    yield
-    for proc in psutil.process_iter(["cmdline"]):
-        try:
-            if proc.pid != os.getpid() and str(tmp_path) in " ".join(proc.info["cmdline"] or []):
-                proc.kill()
-        except psutil.Error:
-            pass
-
-
 def loop_args(tmp_path: Path, raws: list[str], *extra: str) -> list[str]:
     return [
         "llm=scripted",

@@ -11,7 +11,6 @@ import textwrap
 from pathlib import Path
 
 import git
-import psutil
 import pytest
 from test_loop import FAST_TRAINING, decision, run_loop
 
@@ -208,18 +207,12 @@ def test_a_cloned_package_is_installed_into_the_venv(tmp_path, venv):
 
 @pytest.fixture
 def fake_trainer(tmp_path, monkeypatch):
-    """`python -m fake_trainer` for the loop's children; no process outlives the test."""
+    """`python -m fake_trainer` for the loop's children."""
     fakes = tmp_path / "fakes"
     fakes.mkdir()
     (fakes / "fake_trainer.py").write_text(textwrap.dedent(FAKE_TRAINER))
     monkeypatch.setenv("PYTHONPATH", str(fakes), prepend=os.pathsep)
-    yield ["executor.trainer_module=fake_trainer", "executor.poll_interval_s=0.05"]
-    for proc in psutil.Process().children(recursive=True):
-        try:
-            if str(tmp_path) in " ".join(proc.cmdline()):
-                proc.kill()
-        except psutil.Error:
-            pass
+    return ["executor.trainer_module=fake_trainer", "executor.poll_interval_s=0.05"]
 
 
 def events(ws, name: str) -> list[dict]:
