@@ -188,6 +188,7 @@ def test_story_and_report_name_what_helped_and_what_failed(fill, tmp_path):
     for section in ("Abstract", "Setup", "Method", "Results", "Gains by strategy dimension", "Figures"):
         assert f"## {section}" in paper
     assert "## Appendix: reproducibility" in paper and "python -m trainers.train trainer.epochs=3" in paper
+    assert "agentexp reproduce RUN_ID" in paper
     assert "cpu, GPU none (3 runs)" in paper
 
 
