@@ -87,6 +87,8 @@ def test_cli_schedules_shows_and_cancels(tmp_path):
     assert stored.deadline_utc - stored.activate_at_utc == timedelta(minutes=60)
     shown = cli("finishup", "--show").output
     assert "state: scheduled" in shown and "top-k: 5" in shown
+    status = cli("status").output
+    assert "finish-up: scheduled, deadline" in status and "final hour" in status
     assert cli("finishup", "--cancel").output.strip() == "finish-up cancelled"
     assert "state: cancelled" in cli("finishup", "--show").output
     ws.clear_finishup()

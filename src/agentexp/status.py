@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from datetime import UTC, datetime
 
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
 from agentexp import gpu
+from agentexp.finishup import FinishUp, deadline_text
 from agentexp.tracking import Tracker, leaderboard
 from agentexp.workspace import Workspace
 
@@ -32,6 +34,9 @@ def render(ws: Workspace) -> Group:
             Text(f"completed cycles: {state.cycle}; LLM calls: {state.llm_calls}; cost ${state.cost_usd:.4f}")
         )
         lines.append(_active(state) if state.active_runs else Text("active runs: none"))
+    if (schedule := ws.read_finishup()) is not None:
+        f = FinishUp.model_validate(schedule)
+        lines.append(Text(f"finish-up: {f.state}, deadline {deadline_text(f, datetime.now(UTC))}"))
     lines.append(
         Text(
             "GPU: "
