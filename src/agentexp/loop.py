@@ -146,20 +146,24 @@ class Loop:
     def _drain(self, state: State) -> None:
         """Trainings still running finish (bounded by their own timeout) unless a stop was requested."""
         while state.active_runs:
-            runs = {run.run_label: run for run in state.active_runs}
             if self.ws.stop_requested():
-                ended = [self.executor.terminate(run) for run in runs.values()]
+                self._end_outside_cycle(state, [self.executor.terminate(r) for r in state.active_runs])
             else:
                 ended = self.executor.monitor(
-                    list(runs.values()), 60, self._beat(state), self.ws.stop_requested
+                    state.active_runs, 60, self._beat(state), self.ws.stop_requested
                 )
-            for outcome in ended:  # after the last cycle: recorded under the cycle that launched the run
-                run = runs[outcome.run_label]
-                self.ws.append_event(
-                    run.cycle, run.cycle_trace_id, "run_end", run=outcome.model_dump(mode="json")
-                )
-            self._ended(state, ended)
+                self._end_outside_cycle(state, ended)
         self.ws.save_state(state)
+
+    def _end_outside_cycle(self, state: State, ended: list[RunOutcome]) -> None:
+        """Runs that end between cycles get their run_end event under the cycle that launched them."""
+        runs = {run.run_label: run for run in state.active_runs}
+        for outcome in ended:
+            run = runs[outcome.run_label]
+            self.ws.append_event(
+                run.cycle, run.cycle_trace_id, "run_end", run=outcome.model_dump(mode="json")
+            )
+        self._ended(state, ended)
 
     # ---- one cycle -------------------------------------------------------------------------------
 
@@ -342,18 +346,13 @@ class Loop:
         now = self.clock()
         if self.ws.stop_requested() or not self.finisher.report_due(bool(state.active_runs), now):
             return None
-        runs = {run.run_label: run for run in state.active_runs}
-        ended = [self.executor.terminate(run) for run in runs.values()]  # past the deadline: KILLED
-        for outcome in ended:
-            run = runs[outcome.run_label]
-            record = outcome.model_dump(mode="json")
-            self.ws.append_event(run.cycle, run.cycle_trace_id, "run_end", run=record)
-        self._ended(state, ended)
+        stopped = sorted(run.run_label for run in state.active_runs)
+        self._end_outside_cycle(state, [self.executor.terminate(r) for r in state.active_runs])  # KILLED
         self._heartbeat(status="reporting", cycle=state.cycle)
         done = self.finisher.report(now)
         if done is None:  # cancelled meanwhile
             return None
-        fields = {"files": done.report_files, "error": done.error, "stopped": sorted(runs)}
+        fields = {"files": done.report_files, "error": done.error, "stopped": stopped}
         self.ws.append_event(state.cycle, "finish-up", "finish_up", **fields)
         return "finish_up"
 

@@ -399,13 +399,11 @@ def newest_run(uri: str, experiment_id: str, kind: str) -> str | None:
 
 def read_json_artifact(uri: str, run_id: str, path: str) -> dict | None:
     """A run's JSON artifact, or None when the run has none (or it is unreadable)."""
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a report's stderr shows no progress bars
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
-        try:
-            local = MlflowClient(uri).download_artifacts(run_id, path, tmp)
-            return json.loads(Path(local).read_text(encoding="utf-8"))
-        except (MlflowException, OSError, ValueError):
-            return None
+    text = read_text_artifact(uri, run_id, path)
+    try:
+        return json.loads(text) if text is not None else None
+    except ValueError:
+        return None
 
 
 def log_files(uri: str, run_id: str, files: list[Path], artifact_path: str) -> None:
@@ -449,7 +447,7 @@ def get_run(uri: str, run_id: str) -> dict | None:
 
 def read_text_artifact(uri: str, run_id: str, path: str) -> str | None:
     """A run's text artifact, or None when the run has none."""
-    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # a report's stderr shows no progress bars
     with tempfile.TemporaryDirectory() as tmp, mock.patch.dict(os.environ, quiet):
         try:
             local = MlflowClient(uri).download_artifacts(run_id, path, tmp)
