@@ -10,8 +10,9 @@ from rich.table import Table
 from rich.text import Text
 
 from agentexp import gpu
+from agentexp.context import RunView
 from agentexp.finishup import FinishUp, deadline_text
-from agentexp.tracking import Tracker, leaderboard
+from agentexp.tracking import Tracker
 from agentexp.workspace import Workspace
 
 TOP = 3
@@ -66,6 +67,6 @@ def _top(tracker: Tracker, direction: str) -> Table:
     table = Table(title=f"top-{TOP} training runs", title_justify="left")
     for column in ("rank", "run", "metric", "run id"):
         table.add_column(column)
-    for rank, run in enumerate(leaderboard(tracker.training_runs(), TOP, direction), 1):
-        table.add_row(str(rank), run["run_label"], f"{run['metric']:.4f}", run["run_id"])
+    for run in RunView(tracker.training_runs()).leaderboard(direction)[:TOP]:
+        table.add_row(str(run["rank"]), run["run_label"], f"{run['metric']:.4f}", run["run_id"])
     return table

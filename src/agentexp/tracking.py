@@ -285,12 +285,6 @@ def _as_training(run) -> dict:
     }
 
 
-def leaderboard(runs: list[dict], k: int, direction: str = "maximize") -> list[dict]:
-    """The top k finished training runs by their summary metric, in the metric's direction."""
-    done = [r for r in runs if r["status"] == "FINISHED" and r["metric"] is not None]
-    return sorted(done, key=lambda r: r["metric"], reverse=direction == "maximize")[:k]
-
-
 # ---- report queries: read only; they never create a store, an experiment or a run ---------------
 
 PAGE = 1000
