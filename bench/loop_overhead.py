@@ -37,6 +37,18 @@ from agentexp import tracking
 from agentexp.cli import build_loop
 from agentexp.config import compose_loop
 from agentexp.decisions import MentorReview, WorkerDecision
+from agentexp.events import (
+    CycleEnd,
+    CycleStart,
+    Launch,
+    Launched,
+    LaunchIntent,
+    MentorEvent,
+    MentorRecord,
+    RunEnd,
+)
+from agentexp.launchers.base import ActiveRun, Handle, RunOutcome
+from agentexp.signals import CycleSummary
 from agentexp.todos import TodoFile, TodoItem
 from agentexp.todos import render as render_todos
 from agentexp.workspace import State, Workspace, atomic_write_text
@@ -147,6 +159,7 @@ def decision_record(cycle: int, trace: str, loop_id: str, action: str, label, di
         tracking.CYCLE_TRACE_ID: trace,
         tracking.CYCLE: cycle,
         tracking.PID: 1,
+        tracking.HOST: "bench",
         "agentexp.outcome": outcome,
     }
     signals = {"research_priority": 0.0, "non_training_priority": 0.1, "breakout_priority": 0.8}
@@ -220,7 +233,7 @@ class Prior:
             parts.append("analyze")
         else:
             parts.append("wait")
-        self.events.append(record | {"event": "cycle_start"})
+        self.events.append(CycleStart(**record))
         tags, params, metrics = decision_record(
             cycle, trace, self.loop_id, action, label, dimension, overrides, outcome
         )
@@ -230,18 +243,42 @@ class Prior:
             metric, status = self._training_ends(record, parts)
             outcome = status if outcome == "waited" else outcome
         if label:
-            self.launched = (label, overrides, trace, decision_id, at + 500)
+            self.launched = (label, overrides, trace, decision_id, at + 500, cycle)
+            self._launch(record, label, overrides, decision_id)
         if cycle % 4 == 0:
             self._mentor(record, cycle, parts)
-        summary = {"cycle": cycle, "action": action, "run_label": label, "strategy_dimension": dimension}
-        summary |= {"outcome": outcome, "metric": metric}
-        self.events.append(
-            record | {"event": "cycle_end", "summary": summary, "decision_run_id": decision_id}
+        summary = CycleSummary(
+            cycle=cycle,
+            action=action,
+            run_label=label,
+            strategy_dimension=dimension,
+            outcome=outcome,
+            metric=metric,
         )
-        self.story.append(f"- cycle {cycle} [{trace}] {' | '.join(parts)}\n")
+        story = " | ".join(parts)
+        self.events.append(CycleEnd(**record, summary=summary, decision_run_id=decision_id, story=story))
+        self.story.append(f"- cycle {cycle} [{trace}] {story}\n")
+
+    def _launch(self, record: dict, label: str, overrides: list[str], decision_id: str) -> None:
+        """The launch journal a training leaves: the intent, then the started process."""
+        run_dir = self.ws.root / "runs" / f"{label}-{record['cycle_trace_id']}"
+        intent = LaunchIntent(
+            run_label=label, attempt=1, overrides=overrides, parent_run_id=decision_id, run_dir=run_dir
+        )
+        self.events.append(Launch(**record, run=intent))
+        handle = Handle(pid=2, started_at=record["ts"], host="bench")
+        fields = intent.model_dump(exclude={"decision"})
+        run = ActiveRun(
+            **fields,
+            handle=handle,
+            log_path=self.ws.log_path(label),
+            cycle=record["cycle"],
+            cycle_trace_id=record["cycle_trace_id"],
+        )
+        self.events.append(Launched(**record, run=run))
 
     def _training_ends(self, record: dict, parts: list[str]) -> tuple[float | None, str]:
-        label, overrides, trace, parent, started = self.launched
+        label, overrides, trace, parent, started, launched_in = self.launched
         self.launched = None
         failed = self.rng.random() < 0.1
         metric = None if failed else round(self._metric(), 4)
@@ -252,8 +289,13 @@ class Prior:
         tags = train_tags(label, overrides, trace, parent, self.ws)
         status = "failed" if failed else "finished"
         run_id = self.rows.run(label, started, status.upper(), tags, self.config_params, metrics)
-        ended = {"run_label": label, "status": status, "returncode": int(failed), "metric": metric}
-        self.events.append(record | {"event": "run_end", "run": ended | {"mlflow_run_id": run_id}})
+        ended = RunOutcome(
+            run_label=label, status=status, returncode=int(failed), metric=metric, mlflow_run_id=run_id
+        )
+        run_dir = self.ws.root / "runs" / f"{label}-{trace}"
+        self.events.append(
+            RunEnd(cycle=launched_in, cycle_trace_id=trace, ts=record["ts"], run=ended, run_dir=run_dir)
+        )
         parts.append(f"run {label} {status}" + (f" {metric:.4f}" if metric is not None else ""))
         return metric, status
 
@@ -264,12 +306,12 @@ class Prior:
 
     def _mentor(self, record: dict, cycle: int, parts: list[str]) -> None:
         verdict = "off_track" if cycle % 20 == 0 else "on_track"
-        review = {"verdict": verdict, "rationale": "the plateau holds; try another architecture family"}
-        mentor = {"trigger": "cadence", "review": review, "error": None, "replaced": False}
-        self.events.append(record | {"event": "mentor", "mentor": mentor})
+        review = MentorReview(verdict=verdict, rationale="the plateau holds; try another architecture family")
+        mentor = MentorRecord(trigger="cadence", review=review, error=None, replaced=False)
+        self.events.append(MentorEvent(**record, mentor=mentor))
         parts.append(f"mentor (cadence): {verdict}")
         if verdict == "off_track":
-            self.mentor_notes.append(f"\n### cycle {cycle}\nWhy not a wider model? {review['rationale']}\n")
+            self.mentor_notes.append(f"\n### cycle {cycle}\nWhy not a wider model? {review.rationale}\n")
             self._todo(f"try convnext_atto at 48 px (cycle {cycle})", "mentor", cycle)
 
     def _todo(self, text: str, source: str, cycle: int) -> None:
@@ -282,7 +324,7 @@ class Prior:
 
     def _write_workspace(self, state: State) -> None:
         ws = self.ws
-        ws.events_path.write_text("".join(json.dumps(e) + "\n" for e in self.events), encoding="utf-8")
+        ws.events_path.write_text("".join(e.model_dump_json() + "\n" for e in self.events), encoding="utf-8")
         ws.storyline_path.write_text("".join(self.story), encoding="utf-8")
         notes = "".join(self.notes).rstrip("\n") + "\n" if self.notes else ""
         workpad = f"# Workpad\n\n## Notes\n{notes}\n## Data Exploration\n\n"
@@ -379,7 +421,7 @@ def measure(root: Path, history: int, train_runs: int, args, profile: cProfile.P
             if timed:
                 times.append(elapsed * 1000)
                 cpu_times.append(cpu * 1000)
-        loop._drain(state)
+        loop.trainings.drain(lambda: False, lambda: None)
         loop.tracker.end_run(state.loop_run_id, "FINISHED")
     return {"resume_s": resume_s, "ms": times, "cpu_ms": cpu_times}
 

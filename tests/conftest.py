@@ -9,15 +9,11 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
-from hydra import compose, initialize_config_dir
+from helpers import write_image
 from mlflow.tracking import MlflowClient
-from PIL import Image
 
 from agentexp import tracking
-from trainers.config import CONF_DIR, TrainConfig, from_hydra
-
-TINY = ["debug=fast", "data.image_size=16"]
-"""Overrides for a seconds-long CPU run."""
+from agentexp.workspace import Workspace
 
 
 @pytest.fixture(scope="session")
@@ -73,16 +69,10 @@ def no_process_outlives_the_test(tmp_path):
             pass
 
 
-def compose_train(overrides: list[str]) -> TrainConfig:
-    """The real trainer config, composed and validated as the app does."""
-    with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
-        return from_hydra(compose("train", overrides=overrides))
-
-
-def write_image(path: Path, color: tuple[int, int, int], size: int = 12) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("RGB", (size, size), color).save(path)
-    return path
+@pytest.fixture
+def ws(tmp_path) -> Workspace:
+    """A fresh workspace in tmp_path."""
+    return Workspace(tmp_path / ".llm_loop").create()
 
 
 @pytest.fixture

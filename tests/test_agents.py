@@ -6,7 +6,7 @@ import re
 import jinja2
 import pytest
 
-from agentexp import context
+from agentexp import context, tracking
 from agentexp.agents import environment, prompt_values, render
 from agentexp.agents.mentor import Mentor, MentorConfig, apply_review, health_findings, review_todo
 from agentexp.agents.worker import Worker
@@ -62,11 +62,13 @@ def ctx(tmp_path, mission) -> context.Context:
     runs = [
         {
             "run_id": "id-a",
-            "run_label": "r18-base",
+            "run_name": "r18-base",
             "status": "FINISHED",
-            "overrides": [],
-            "metric": 0.91,
-            "cycle": 1,
+            "start_time": 0,
+            "end_time": 1,
+            "metrics": {"best_val_acc": 0.91},
+            "params": {},
+            "tags": {tracking.OVERRIDES: "[]", tracking.CYCLE_TRACE_ID: "c00001-abcdef12"},
         }
     ]
     history = [

@@ -5,11 +5,10 @@ import math
 
 import pytest
 
-from agentexp import context
+from agentexp import context, tracking
 from agentexp.mission import MISSIONS_DIR, load_mission
 from agentexp.signals import CycleSummary, Signals
 from agentexp.todos import TodoQueue
-from agentexp.workspace import Workspace
 
 CALM = Signals(
     research_priority=0.2, non_training_priority=0.1, breakout_priority=0.1, todo_pressure=0.0, stall_cycles=0
@@ -18,14 +17,23 @@ STALLED = CALM.model_copy(update={"breakout_priority": 0.8, "stall_cycles": 7})
 FAILING = CALM.model_copy(update={"non_training_priority": 0.67})
 
 
-def run(label: str, metric: float | None, status: str = "FINISHED", cycle: int | None = 1) -> dict:
+def run(
+    label: str, metric: float | None, status: str = "FINISHED", cycle: int | None = 1, config: str = ""
+) -> dict:
+    """A training run as tracking.run_table (and so the tracker) gives it."""
+    tags = {tracking.OVERRIDES: json.dumps([f"x={config or label}", "trainer.seed=1"])}
+    if cycle is not None:
+        tags[tracking.CYCLE_TRACE_ID] = f"c{cycle:05d}-abcdef12"
+    metrics = {"best_val_acc": metric} if metric is not None else {}
     return {
         "run_id": f"id-{label}",
-        "run_label": label,
+        "run_name": label,
         "status": status,
-        "overrides": [f"x={label}"],
-        "metric": metric,
-        "cycle": cycle,
+        "start_time": 0,
+        "end_time": None,
+        "metrics": metrics,
+        "params": {},
+        "tags": tags,
     }
 
 
@@ -40,11 +48,6 @@ def summary(cycle: int, outcome: str = "finished", metric: float | None = 0.9) -
     )
 
 
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    return Workspace(tmp_path / ".llm_loop").create()
-
-
 @pytest.fixture(scope="module")
 def mission():
     return load_mission("digits", MISSIONS_DIR)
@@ -52,11 +55,12 @@ def mission():
 
 def build(ws, mission, runs=(), history=(), signals=CALM, **kwargs) -> context.Context:
     defaults = {"cycle": len(history) + 1, "active_runs": [], "deadline": None}
-    return context.build(ws, list(runs), list(history), signals, mission, **{**defaults, **kwargs})
+    view = context.RunView(list(runs), mission.summary_key)
+    return context.build(ws, view, list(history), signals, mission, **{**defaults, **kwargs})
 
 
 def test_structured_context_has_exactly_the_contract_shape(ws, mission):
-    runs = [run("a", 0.8, cycle=None) | {"extra": "dropped"}, run("b", None, status="RUNNING", cycle=2)]
+    runs = [run("a", 0.8, cycle=None), run("b", None, status="RUNNING", cycle=2)]
     ctx = build(
         ws,
         mission,
@@ -73,6 +77,8 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "metric",
         "runs",
         "active_runs",
+        "max_concurrent",
+        "leaderboard",
         "signals",
         "history",
         "deadline",
@@ -89,10 +95,12 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "run_id": "id-a",
         "run_label": "a",
         "status": "FINISHED",
-        "overrides": ["x=a"],
+        "overrides": ["x=a", "trainer.seed=1"],
         "metric": 0.8,
         "cycle": None,
     }
+    assert s["runs"][1]["cycle"] == 2 and s["max_concurrent"] == 1
+    assert s["leaderboard"] == ctx.leaderboard and [e["run_label"] for e in s["leaderboard"]] == ["a"]
     assert set(s["signals"]) == {
         "research_priority",
         "non_training_priority",
@@ -127,9 +135,24 @@ def test_leaderboard_is_the_top_five_finished_runs_in_the_missions_direction(ws,
     ]
     board = build(ws, mission, runs).leaderboard
     assert [r["run_label"] for r in board] == ["r8", "r7", "r6", "r5", "r4"]
-    assert board[0] == {"rank": 1, "run_id": "id-r8", "run_label": "r8", "metric": 0.8, "overrides": ["x=r8"]}
+    assert board[0] == {
+        "rank": 1,
+        "run_id": "id-r8",
+        "run_label": "r8",
+        "mean": 0.8,
+        "std": None,
+        "n": 1,
+        "overrides": ["x=r8"],
+    }
     lower = mission.model_copy(update={"direction": "minimize"})
     assert [r["run_label"] for r in build(ws, lower, runs).leaderboard][:2] == ["r1", "r2"]
+
+
+def test_leaderboard_groups_seed_runs_of_one_configuration(ws, mission):
+    runs = [run("lucky", 0.9, config="a"), run("unlucky", 0.5, config="a"), run("steady", 0.8, config="b")]
+    board = build(ws, mission, runs).leaderboard
+    assert [(e["run_label"], e["n"]) for e in board] == [("steady", 1), ("lucky", 2)]
+    assert board[1]["mean"] == pytest.approx(0.7) and board[1]["std"] == pytest.approx(0.2828, abs=1e-4)
 
 
 def test_tails_are_the_end_of_long_notes_not_the_start(ws, mission):
@@ -195,6 +218,6 @@ def test_history_keeps_only_the_recent_cycles(ws, mission):
 
 
 def test_mlflow_rows_without_a_name_or_still_scheduled_are_accepted(ws, mission):
-    rows = [run("a", None) | {"run_label": None, "status": "SCHEDULED"}]
+    rows = [run("a", None) | {"run_name": None, "status": "SCHEDULED"}]
     (info,) = build(ws, mission, rows).structured["runs"]
     assert (info["run_label"], info["status"]) == ("id-a", "RUNNING")

@@ -8,18 +8,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from helpers import scripted_loop
 from mlflow.entities import Metric, Param
 from typer.testing import CliRunner
 
 from agentexp import finisher, finishup, tracking
-from agentexp.cli import _schedule, app, build_loop
-from agentexp.config import compose_loop
+from agentexp.cli import _schedule, app
+from agentexp.events import FinishUpDone
 from agentexp.finishup import FinishUpError
 from agentexp.workspace import Workspace
 
 NOW = datetime(2026, 6, 1, 12, 0, tzinfo=UTC)
 TINY = ["trainer.epochs=1", "debug=fast", "data.image_size=16"]
-FAST_TRAINING = "loop.train_overrides=['trainer.epochs=1','debug=fast','data.image_size=16']"
 METRIC = "best_val_acc"
 REPORT = ["final_leaderboard_top1.json", "final_condensed_story.md", "final_paper_report.html"]
 
@@ -180,21 +180,6 @@ def log_run(store, label: str, value: float, config: list[str]) -> str:
     return run.info.run_id
 
 
-def loop_for(tmp_path: Path, raws: list[str], *extra: str):
-    script = tmp_path / "worker.jsonl"
-    script.write_text("".join(json.dumps({"raw": raw}) + "\n" for raw in raws))
-    overrides = [
-        "llm=scripted",
-        f"llm.script={script}",
-        "mentor.enabled=false",
-        f"loop.workspace={tmp_path / '.llm_loop'}",
-        "loop.poll_seconds=0",
-        FAST_TRAINING,
-        *extra,
-    ]
-    return build_loop(compose_loop(overrides))
-
-
 def schedule_now(tmp_path: Path, **options) -> None:
     f = finishup.schedule(datetime.now(UTC), minutes_left=60, **options)
     finisher.save(Workspace(tmp_path / ".llm_loop").create(), f)
@@ -206,7 +191,7 @@ def test_final_round_reruns_the_top_candidate_with_seeds_then_reports_and_stops(
     schedule_now(tmp_path, top_k=1, note="final hour")
     # Two slots: the loop starts the first seed run, glances at it, starts the second in the next cycle.
     slots = ["executor.max_concurrent=2", "executor.monitor_seconds_default=0"]
-    loop = loop_for(tmp_path, [], "loop.max_cycles=5", *slots)  # no LLM answer needed: the loop drives
+    loop = scripted_loop(tmp_path, [], "loop.max_cycles=5", *slots)  # no LLM answer needed: the loop drives
 
     assert loop.run() == "finish_up"
 
@@ -233,7 +218,7 @@ def test_final_round_reruns_the_top_candidate_with_seeds_then_reports_and_stops(
     f = finisher.load(loop.ws)
     assert f.state == "done" and f.round == 1 and f.launched == [r.info.run_name for r in seeds]
     assert f.pending == [] and f.skipped == []
-    assert [e["event"] for e in loop.ws.events()][-1] == "finish_up"
+    assert [e.event for e in loop.ws.events()][-1] == "finish_up"
     assert store.runs("loop")[0].info.status == "FINISHED"
 
 
@@ -252,7 +237,7 @@ def train_decision(**fields) -> str:
 def test_deadline_mid_run_kills_the_training_and_still_reports(tmp_path, store):
     log_run(store, "resnet18-lr2e-3", 0.9, [*TINY, "optim.lr=0.002"])
     schedule_now(tmp_path, top_k=1, final_training_rounds=0)  # the agents work until the deadline
-    loop = loop_for(tmp_path, [train_decision()], "loop.max_cycles=3")
+    loop = scripted_loop(tmp_path, [train_decision()], "loop.max_cycles=3")
 
     def clock() -> float:  # the deadline passes once the training is under way
         running = [r for r in store.runs("train") if r.info.status == "RUNNING"]
@@ -267,8 +252,8 @@ def test_deadline_mid_run_kills_the_training_and_still_reports(tmp_path, store):
     prompt = Path(store.client.download_artifacts(decision.info.run_id, "prompt.md", str(tmp_path)))
     assert "**Deadline: " in prompt.read_text() and decision.data.params["action"] == "train"
     assert (tmp_path / ".llm_loop" / "artifacts" / "final_paper_report.md").exists()
-    end = [e for e in loop.ws.events() if e["event"] == "finish_up"]
-    assert end[0]["stopped"] == ["resnet18-long"] and end[0]["files"]
+    end = [e for e in loop.ws.events() if isinstance(e, FinishUpDone)]
+    assert end[0].stopped == ["resnet18-long"] and end[0].files
     assert finisher.load(loop.ws).state == "done"
 
 

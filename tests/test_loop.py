@@ -3,51 +3,17 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
+from helpers import FAST_TRAINING, decision, run_loop, write_script
+from typer.testing import CliRunner
 
 from agentexp import tracking
-from agentexp.cli import build_loop
+from agentexp.cli import app, build_loop
 from agentexp.config import compose_loop
-from agentexp.executor import Executor
+from agentexp.events import CycleEnd, QualityGate, RunEnd, StaleOrphan
+from agentexp.launchers.local import alive
 from agentexp.workspace import Workspace
-
-FAST_TRAINING = "loop.train_overrides=['trainer.epochs=1','debug=fast','data.image_size=16']"
-
-
-def decision(action: str = "train", **fields) -> str:
-    base = {
-        "action": action,
-        "rationale": "resnet18 at lr 2e-3 is the baseline every later change is compared with",
-        "monitor_seconds": 120,
-    }
-    if action == "train":
-        base |= {
-            "run_label": "resnet18-lr2e-3",
-            "overrides": ["optim.lr=0.002"],
-            "strategy_dimension": "optimization",
-        }
-    return json.dumps(base | fields)
-
-
-def script(path: Path, raws: list[str]) -> Path:
-    path.write_text("".join(json.dumps({"raw": raw}) + "\n" for raw in raws))
-    return path
-
-
-def run_loop(tmp_path: Path, raws: list[str], *extra: str) -> tuple[str, Workspace]:
-    overrides = [
-        "llm=scripted",
-        f"llm.script={script(tmp_path / 'worker.jsonl', raws)}",
-        "mentor.enabled=false",
-        f"loop.workspace={tmp_path / '.llm_loop'}",
-        "loop.poll_seconds=0",
-        FAST_TRAINING,
-        *extra,
-    ]
-    loop = build_loop(compose_loop(overrides))
-    return loop.run(), loop.ws
 
 
 def test_three_cycles_leave_loop_decision_and_nested_training_runs(tmp_path, store):
@@ -83,7 +49,7 @@ def test_three_cycles_leave_loop_decision_and_nested_training_runs(tmp_path, sto
     traces = store.client.search_traces(locations=[loop_run.info.experiment_id])
     assert first.info.run_id in {t.info.trace_metadata.get("mlflow.sourceRun") for t in traces}
     events = ws.events()
-    assert [e["cycle"] for e in events if e["event"] == "cycle_end"] == [1, 2, 3]
+    assert [e.cycle for e in events if isinstance(e, CycleEnd)] == [1, 2, 3]
     assert len(ws.storyline_tail(10)) == 3
     assert "lr 2e-3 baseline finished" in ws.workpad_tail(2000)
     assert ws.load_state().cycle == 3 and ws.load_state().active_runs == []
@@ -123,8 +89,8 @@ def test_hostile_outputs_downgrade_to_wait_and_a_good_one_launches_once(tmp_path
     )
     (train,) = store.runs("train")
     assert train.data.tags[tracking.PARENT_RUN_ID] == decisions[-1].info.run_id
-    gate_events = [e for e in ws.events() if e["event"] == "quality_gate"]
-    assert any("hydra" in " ".join(e["quality_gate"]) for e in gate_events)
+    gate_events = [e for e in ws.events() if isinstance(e, QualityGate)]
+    assert any("hydra" in " ".join(e.quality_gate) for e in gate_events)
 
 
 def test_script_exhausted_stops_cleanly(tmp_path, store):
@@ -154,21 +120,21 @@ def run_silent(tmp_path, monkeypatch, sleep_s: int, *extra: str) -> Workspace:
 def test_silent_training_is_a_stale_orphan_and_recovery_stops_it(tmp_path, store, monkeypatch):
     ws = run_silent(tmp_path, monkeypatch, 300, "loop.stuck_wait_recovery=true")
     events = ws.events()
-    (stale,) = [e for e in events if e["event"] == "stale_orphan"]
-    assert stale["cycle"] == 4 and stale["run_label"] == "resnet18-lr2e-3" and stale["stopped"] is True
-    (end,) = [e for e in events if e["event"] == "run_end"]
-    assert end["run"]["status"] == "killed" and end["cycle"] == 4
+    (stale,) = [e for e in events if isinstance(e, StaleOrphan)]
+    assert stale.cycle == 4 and stale.run_label == "resnet18-lr2e-3" and stale.stopped is True
+    (end,) = [e for e in events if isinstance(e, RunEnd)]
+    assert end.run.status == "killed" and end.cycle == 1  # a training's events belong to its cycle
     assert ws.load_state().active_runs == []
-    assert not Executor.alive(stale["pid"])
+    assert not alive(stale.pid)
 
 
 def test_stale_orphan_is_only_reported_without_recovery(tmp_path, store, monkeypatch):
     ws = run_silent(tmp_path, monkeypatch, 8)  # silent, but ends by itself
     events = ws.events()
-    (stale,) = [e for e in events if e["event"] == "stale_orphan"]
-    assert stale["stopped"] is False
-    (end,) = [e for e in events if e["event"] == "run_end"]
-    assert end["run"]["status"] == "failed"  # it ran on until it ended; no summary line, so failed
+    (stale,) = [e for e in events if isinstance(e, StaleOrphan)]
+    assert stale.stopped is False
+    (end,) = [e for e in events if isinstance(e, RunEnd)]
+    assert end.run.status == "failed"  # it ran on until it ended; no summary line, so failed
 
 
 def test_call_budget_stops_the_loop_cleanly(tmp_path, store):
@@ -199,3 +165,55 @@ def test_cost_budget_counts_reported_tokens_at_configured_prices(tmp_path, store
     assert loop.run() == "cost_budget"
     assert loop.ws.load_state().cost_usd == pytest.approx(2.0)
     assert [d.data.metrics["cost_usd"] for d in store.runs("decision")] == [1.0, 1.0]
+
+
+def test_max_trainings_ends_the_loop_once_its_trainings_have_ended(tmp_path, store):
+    raws = [decision(run_label=f"resnet18-lr{i}e-3", overrides=[f"optim.lr=0.00{i}"]) for i in range(1, 6)]
+    reason, ws = run_loop(tmp_path, raws, "loop.max_cycles=10", "loop.max_trainings=2")
+    assert reason == "max_trainings"
+    trains = store.runs("train")
+    assert [r.info.run_name for r in trains] == ["resnet18-lr1e-3", "resnet18-lr2e-3"]
+    assert all(r.info.status == "FINISHED" for r in trains)
+    assert len(store.runs("decision")) == 2  # it did not go on cycling
+    assert [e.run.status for e in ws.events() if isinstance(e, RunEnd)] == ["finished", "finished"]
+
+
+def test_the_console_shows_one_line_per_cycle_and_a_closing_summary(tmp_path, store):
+    raws = [decision(), decision("wait", monitor_seconds=1)]
+    args = [
+        "llm=scripted",
+        f"llm.script={write_script(tmp_path / 'w.jsonl', raws)}",
+        "mentor.enabled=false",
+        f"loop.workspace={tmp_path / '.llm_loop'}",
+        "loop.poll_seconds=0",
+        FAST_TRAINING,
+        "loop.max_cycles=2",
+    ]
+    loud = CliRunner().invoke(app, ["loop", *args])
+    assert loud.exit_code == 0, loud.output
+    lines = loud.output.splitlines()
+    assert any("cycle 1 | train resnet18-lr2e-3 | launched |" in line for line in lines), loud.output
+    assert any("cycle 2 | wait |" in line for line in lines)
+    assert "loop stopped: max_cycles" in lines
+    (train,) = store.runs("train")
+    assert any(line.strip().startswith("1. resnet18-lr2e-3") and train.info.run_id in line for line in lines)
+    assert any(line.startswith("report: ") for line in lines) and any("MLflow UI" in line for line in lines)
+    wait = write_script(tmp_path / "wait.jsonl", [decision("wait", monitor_seconds=0)])
+    quiet_args = [a if not a.startswith("llm.script=") else f"llm.script={wait}" for a in args]
+    quiet_args = [
+        a if not a.startswith("loop.workspace=") else f"loop.workspace={tmp_path / 'q'}" for a in quiet_args
+    ]
+    quiet = CliRunner().invoke(app, ["loop", "-q", *quiet_args])
+    assert quiet.exit_code == 0 and quiet.output.splitlines() == ["loop stopped: script_exhausted"]
+
+
+def test_a_report_lands_in_the_workspace_the_loop_was_given(tmp_path, store):
+    elsewhere = tmp_path / "elsewhere"
+    reason, _ = run_loop(tmp_path, [decision()], "loop.max_cycles=1", f"loop.workspace={elsewhere}")
+    assert reason == "max_cycles"
+    result = CliRunner().invoke(
+        app, ["finishup", "--force-report-now", "--workspace", str(elsewhere), "--top-k", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    assert (elsewhere / "artifacts" / "final_leaderboard_top3.json").exists()
+    assert not (tmp_path / ".llm_loop" / "artifacts" / "final_leaderboard_top3.json").exists()

@@ -14,14 +14,15 @@ from pathlib import Path
 
 import psutil
 import pytest
+from helpers import decision, wait_for, write_script
 from mlflow.entities import Metric, RunTag
 from test_llm_backends import FAKE_CODEX, chat_completion, fake_server
-from test_loop import decision, script
 
 from agentexp import tracking
 from agentexp.cli import build_loop
 from agentexp.config import compose_loop
 from agentexp.decisions import WorkerDecision
+from agentexp.events import CycleEnd, Launch, Launched, MentorEvent, RunEnd
 from agentexp.todos import TodoQueue
 from agentexp.workspace import Workspace
 
@@ -31,18 +32,6 @@ LONG_TRAINING = "loop.train_overrides=['trainer.epochs=500','debug=fast','data.i
 
 def analyze(note: str = "looked at the confusion matrix of the best run") -> str:
     return decision("analyze", housekeeping={"notes_update": note})
-
-
-def wait_for(predicate, seconds: float, what: str, proc: subprocess.Popen | None = None):
-    """Poll `predicate` until it returns something truthy; fail (with the process's exit) after `seconds`."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        if found := predicate():
-            return found
-        if proc is not None and proc.poll() is not None:
-            pytest.fail(f"the loop exited with {proc.returncode} before {what}")
-        time.sleep(0.1)
-    pytest.fail(f"timed out after {seconds}s waiting for {what}")
 
 
 def agentexp(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -57,15 +46,10 @@ def gone(pid: int) -> bool:
         return True
 
 
-@pytest.fixture
-def ws(tmp_path) -> Workspace:
-    return Workspace(tmp_path / ".llm_loop")
-
-
 def loop_args(tmp_path: Path, raws: list[str], *extra: str) -> list[str]:
     return [
         "llm=scripted",
-        f"llm.script={script(tmp_path / 'worker.jsonl', raws)}",
+        f"llm.script={write_script(tmp_path / 'worker.jsonl', raws)}",
         "mentor.enabled=false",
         f"loop.workspace={tmp_path / '.llm_loop'}",
         "executor.poll_interval_s=0.2",
@@ -84,7 +68,7 @@ def output(tmp_path: Path, name: str = "loop") -> str:
 
 
 def cycle_ends(ws: Workspace) -> list[int]:
-    return [e["cycle"] for e in ws.events() if e["event"] == "cycle_end"]
+    return [e.cycle for e in ws.events() if isinstance(e, CycleEnd)]
 
 
 # ---------------------------------------------------------------- stop during a training
@@ -99,8 +83,8 @@ def test_stop_during_training_kills_the_run_and_status_says_stopped(tmp_path, st
         "a RUNNING train run",
         proc,
     )[0]
-    (active,) = ws.load_state().active_runs
-    assert train.data.tags[tracking.PID] == str(active.pid)
+    (active,) = ws.read_heartbeat()["active_runs"]  # the state is saved when the cycle ends
+    assert train.data.tags[tracking.PID] == str(active["pid"])
 
     stopped = agentexp("stop", "--wait", "--timeout", "60", "--workspace", str(ws.root))
     assert stopped.returncode == 0, stopped.stderr
@@ -112,13 +96,13 @@ def test_stop_during_training_kills_the_run_and_status_says_stopped(tmp_path, st
     (loop_run,) = store.runs("loop")
     assert loop_run.info.status == "FINISHED"
     assert all(d.info.status == "FINISHED" for d in store.runs("decision"))
-    assert gone(active.pid)
+    assert gone(active["pid"])
     leftovers = [
         p.pid for p in psutil.process_iter(["cmdline"]) if str(ws.root) in " ".join(p.info["cmdline"] or [])
     ]
     assert leftovers == []
     assert ws.load_state().active_runs == []
-    assert [e["run"]["status"] for e in ws.events() if e["event"] == "run_end"] == ["killed"]
+    assert [e.run.status for e in ws.events() if isinstance(e, RunEnd)] == ["killed"]
     status = agentexp("status", "--workspace", str(ws.root))
     assert status.returncode == 0 and "agentexp: stopped" in status.stdout
 
@@ -154,6 +138,52 @@ def test_restart_after_sigkill_neither_repeats_nor_loses_a_cycle(tmp_path, store
     assert all(d.data.tags[tracking.PARENT_RUN_ID] == loop_run_id for d in decisions)
     assert cycle_ends(ws) == list(range(1, completed + 1))
     assert [line.split()[2] for line in ws.storyline_tail(1000)] == [str(c) for c in range(1, completed + 1)]
+
+
+def test_a_cycle_killed_after_its_launch_is_committed_with_that_training_not_decided_again(
+    tmp_path, store, ws
+):
+    first = spawn_loop(
+        tmp_path, loop_args(tmp_path, [decision()], LONG_TRAINING, "loop.poll_seconds=0"), "first"
+    )
+    wait_for(lambda: any(isinstance(e, Launched) for e in ws.events()), 60, "the launch", first)
+    first.send_signal(signal.SIGKILL)  # mid-cycle: the training runs on, the cycle is not committed
+    first.wait(timeout=10)
+    assert cycle_ends(ws) == []
+    (launched,) = [e for e in ws.events() if isinstance(e, Launched)]
+
+    second = build_loop(
+        compose_loop(
+            loop_args(
+                tmp_path,
+                [decision("wait", monitor_seconds=0)],
+                LONG_TRAINING,
+                "loop.poll_seconds=0",
+                "loop.max_cycles=1",
+            )
+        )
+    )
+    state = resume_only(second)
+    (end, *_) = [e for e in ws.events() if isinstance(e, CycleEnd)]
+    assert (end.cycle, end.summary.action, end.summary.run_label) == (1, "train", "resnet18-lr2e-3")
+    assert [r.run_dir for r in second.trainings.active] == [
+        launched.run.run_dir
+    ]  # adopted, not started again
+    (first_decision,) = store.runs("decision")
+    assert (
+        first_decision.info.status == "FINISHED" and first_decision.data.tags["agentexp.recovered"] == "true"
+    )
+    assert first_decision.data.params["action"] == "train" and state.cycle == 1
+    second.run_cycle(state)  # the next cycle is a new decision: no second training of cycle 1
+    second.trainings.stop_all()
+    assert len(store.runs("train")) == 1 and cycle_ends(ws) == [1, 2]
+    assert [e.cycle for e in ws.events() if isinstance(e, Launch)] == [1]
+
+
+def resume_only(loop):
+    """A loop's session start alone (what `run` does before its first cycle)."""
+    with loop.ws.lock():
+        return loop._resume()
 
 
 def test_restart_completes_a_cycle_committed_just_before_the_crash(tmp_path, store, ws):
@@ -194,7 +224,7 @@ def finished_training(store, label: str, metric: float) -> None:
     store.client.log_batch(
         run.info.run_id,
         metrics=[Metric("best_val_acc", metric, 0, 0)],
-        tags=[RunTag(tracking.OVERRIDES, json.dumps([f"run_label={label}"]))],
+        tags=[RunTag(tracking.OVERRIDES, json.dumps([f"model.name={label}", f"run_label={label}"]))],
     )
     store.client.set_terminated(run.info.run_id, "FINISHED")
 
@@ -335,7 +365,7 @@ def review(verdict: str, **fields) -> str:
 
 def test_mentor_replacement_is_what_the_decision_run_records_and_executes(tmp_path, store):
     replacement = json.loads(analyze("mentor: compare per-class accuracy before the next run"))
-    mentor_script = script(
+    mentor_script = write_script(
         tmp_path / "mentor.jsonl",
         [
             review(
@@ -351,7 +381,7 @@ def test_mentor_replacement_is_what_the_decision_run_records_and_executes(tmp_pa
     reason, ws = run_loop(
         tmp_path,
         "llm=scripted",
-        f"llm.script={script(tmp_path / 'worker.jsonl', worker)}",
+        f"llm.script={write_script(tmp_path / 'worker.jsonl', worker)}",
         "mentor.enabled=true",
         "mentor/llm=scripted",
         f"mentor.llm.script={mentor_script}",
@@ -369,7 +399,7 @@ def test_mentor_replacement_is_what_the_decision_run_records_and_executes(tmp_pa
     assert first.data.metrics["llm_calls"] == 2
     workpad = ws.workpad_tail(4000)
     assert "mentor: compare per-class accuracy" in workpad and "worker: the baseline looks fine" in workpad
-    mentor_events = [e for e in ws.events() if e["event"] == "mentor"]
+    mentor_events = [e.model_dump(mode="json") for e in ws.events() if isinstance(e, MentorEvent)]
     assert [
         (e["cycle"], e["mentor"]["review"]["verdict"], e["mentor"]["replaced"]) for e in mentor_events
     ] == [

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import git
 import pytest
-from test_loop import FAST_TRAINING, decision, run_loop
+from helpers import FAST_TRAINING, decision, run_loop
 
 from agentexp import repair, tracking
 from agentexp.config import compose_loop
-from agentexp.executor import LAUNCH_PREFIX
+from agentexp.launchers.base import LAUNCH_PREFIX
 from agentexp.repair import CloneSpec, Failure, RepairConfig, RepairError
 
 FAKE_TRAINER = """
@@ -216,7 +216,7 @@ def fake_trainer(tmp_path, monkeypatch):
 
 
 def events(ws, name: str) -> list[dict]:
-    return [e for e in ws.events() if e["event"] == name]
+    return [e.model_dump(mode="json") for e in ws.events() if e.event == name]
 
 
 def launches(ws, label: str = "resnet18-lr2e-3") -> list[dict]:

@@ -8,12 +8,14 @@ import math
 import statistics
 
 import pytest
-from conftest import TINY, compose_train
+from helpers import TINY, compose_train
 from mlflow.entities import Metric, Param
 from typer.testing import CliRunner
 
 from agentexp import report, tracking
 from agentexp.cli import app
+from agentexp.events import RunEnd
+from agentexp.launchers.base import RunOutcome
 from agentexp.paper import PER_CLASS
 from agentexp.ranking import markdown_table
 from agentexp.workspace import Workspace
@@ -79,8 +81,8 @@ class Fill:
         self.client.set_terminated(run.info.run_id, status)
         return run.info.run_id
 
-    def source(self, direction: str = "maximize") -> report.Source:
-        return report.Source(uri=self.uri, experiment="test", metric=METRIC, direction=direction)
+    def source(self, direction: str = "maximize") -> tracking.Source:
+        return tracking.Source(uri=self.uri, experiment="test", metric=METRIC, direction=direction)
 
 
 @pytest.fixture
@@ -154,15 +156,10 @@ def scenario(fill: Fill, tmp_path) -> dict[str, str]:
     )
     ids["bogus"], trace = fill.decision(4, "model_arch", "bogus")
     tail = "Traceback (most recent call last):\nError: Unsupported model.name 'bogus': not a timm model"
-    run_end = {"run_label": "bogus", "status": "failed", "returncode": 1, "error_tail": tail}
-    ws.append_event(4, trace, "run_end", run=run_end)
-    crash = {
-        "run_label": "effnet",
-        "status": "failed",
-        "returncode": 1,
-        "error_tail": "RuntimeError: CUDA oom",
-    }
-    ws.append_event(3, "c00003-0000abcd", "run_end", run=crash)
+    run_end = RunOutcome(run_label="bogus", status="failed", returncode=1, error_tail=tail)
+    ws.append_event(RunEnd(cycle=4, cycle_trace_id=trace, run=run_end))
+    crash = RunOutcome(run_label="effnet", status="failed", returncode=1, error_tail="RuntimeError: CUDA oom")
+    ws.append_event(RunEnd(cycle=3, cycle_trace_id="c00003-0000abcd", run=crash))
     fill.client.log_dict(
         ids["lr3"], {"0": {"recall": 0.9}, "1": {"recall": 1.0}, "accuracy": 0.95}, PER_CLASS
     )
@@ -171,7 +168,7 @@ def scenario(fill: Fill, tmp_path) -> dict[str, str]:
 
 def test_story_and_report_name_what_helped_and_what_failed(fill, tmp_path):
     ids = scenario(fill, tmp_path)
-    report.write_report(fill.source(), 10, tmp_path)
+    report.write_report(fill.source(), 10, Workspace(tmp_path / ".llm_loop"))
     out = tmp_path / ".llm_loop" / "artifacts"
     story = (out / "final_condensed_story.md").read_text()
     assert "## optimization: tried 2, helped 1, failed 0" in story
@@ -195,7 +192,7 @@ def test_story_and_report_name_what_helped_and_what_failed(fill, tmp_path):
 def test_html_embeds_its_figures_and_the_files_land_on_the_newest_loop_run(fill, tmp_path, store):
     older = fill.loop()
     scenario(fill, tmp_path)
-    files = report.write_report(fill.source(), 10, tmp_path)
+    files = report.write_report(fill.source(), 10, Workspace(tmp_path / ".llm_loop"))
     html = (tmp_path / ".llm_loop" / "artifacts" / "final_paper_report.html").read_text()
     images = [part.split('"')[0] for part in html.split('src="data:image/png;base64,')[1:]]
     assert len(images) == 3  # best vs cycle, leaderboard bars, per-class accuracy
@@ -209,7 +206,7 @@ def test_html_embeds_its_figures_and_the_files_land_on_the_newest_loop_run(fill,
 def test_every_leaderboard_number_matches_mlflow(fill, tmp_path, store):
     scenario(fill, tmp_path)
     fill.train("lr3-s1", 0.93, ["optim.lr=0.003"], seed=1, decision=fill.decision(5, "evaluation", "lr3-s1"))
-    report.write_report(fill.source(), 5, tmp_path)
+    report.write_report(fill.source(), 5, Workspace(tmp_path / ".llm_loop"))
     out = tmp_path / ".llm_loop" / "artifacts"
     rows = json.loads((out / "final_leaderboard_top5.json").read_text())
     table = (out / "final_leaderboard_top5.md").read_text()
@@ -254,7 +251,7 @@ def test_projected_read_matches_search_runs(fill):
 
 
 def test_report_on_an_empty_store_is_one_clear_line(tmp_path):
-    result = CliRunner().invoke(app, ["report", "--top-k", "3", "--workspace-root", str(tmp_path)])
+    result = CliRunner().invoke(app, ["report", "--top-k", "3", "--workspace", str(tmp_path / ".llm_loop")])
     assert result.exit_code != 0
     (line,) = result.output.strip().splitlines()
     assert line.startswith("Error: ") and "nothing to report" in line
@@ -280,7 +277,7 @@ def test_report_cli_on_real_tiny_trainings(tmp_path, store):
     for lr in ("0.002", "0.0005"):
         overrides = [*TINY, f"optim.lr={lr}"]
         run_trainer(compose_train(overrides), tmp_path / f"run-{lr}", overrides)
-    result = CliRunner().invoke(app, ["report", "--top-k", "2", "--workspace-root", str(tmp_path)])
+    result = CliRunner().invoke(app, ["report", "--top-k", "2", "--workspace", str(tmp_path / ".llm_loop")])
     assert result.exit_code == 0, result.output
     out = tmp_path / ".llm_loop" / "artifacts"
     rows = json.loads((out / "final_leaderboard_top2.json").read_text())
@@ -293,3 +290,25 @@ def test_report_cli_on_real_tiny_trainings(tmp_path, store):
     assert (out / "final_fig_per_class.png").read_bytes().startswith(PNG)
     listed = CliRunner().invoke(app, ["leaderboard", "--top-k", "2"])
     assert listed.exit_code == 0 and all(f"`{row['run_id']}`" in listed.output for row in rows)
+
+
+def test_leaderboard_and_report_rank_by_the_metric_and_direction_the_loop_recorded(fill, tmp_path):
+    """A mission that minimizes val_loss: no --mission needed, the experiment's loop run says so."""
+    loop = fill.loop()
+    fill.client.log_batch(loop, params=[Param("metric", "best_val_loss"), Param("direction", "minimize")])
+    ids = {}
+    for label, loss in (("high", 0.40), ("low", 0.20), ("mid", 0.30)):
+        run_id = fill.train(label, None, [f"optim.lr={loss}"])
+        fill.client.log_metric(run_id, "best_val_loss", loss)
+        ids[label] = run_id
+    result = CliRunner().invoke(app, ["leaderboard", "--top-k", "3"])
+    assert result.exit_code == 0, result.output
+    ranked = [line for line in result.output.splitlines() if line.startswith("| ") and "`" in line]
+    assert [ids[label] in line for line, label in zip(ranked, ("low", "mid", "high"), strict=True)] == [
+        True
+    ] * 3
+    forced = CliRunner().invoke(app, ["leaderboard", "--mission", "digits"])
+    assert forced.exit_code != 0 and "no finished training run with best_val_acc" in forced.output
+    report.write_report(tracking.locate(fill.uri, "test", METRIC, "maximize"), 3, Workspace(tmp_path / "w"))
+    (top, *_) = json.loads((tmp_path / "w" / "artifacts" / "final_leaderboard_top3.json").read_text())
+    assert top["run_id"] == ids["low"] and top["metric"] == "best_val_loss"

@@ -6,7 +6,7 @@ import csv
 import json
 
 import pytest
-from conftest import TINY, compose_train, write_image
+from helpers import TINY, compose_train, write_image
 
 from agentexp import tracking
 from trainers.data import load_split

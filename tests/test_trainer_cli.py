@@ -8,7 +8,7 @@ import subprocess
 import sys
 import time
 
-from conftest import TINY
+from helpers import TINY
 
 from agentexp import tracking
 

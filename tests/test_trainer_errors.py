@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from conftest import TINY, compose_train, write_image
+from helpers import TINY, compose_train, write_image
 
 from trainers.config import UserError
 from trainers.train import train

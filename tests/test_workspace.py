@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 
 import agentexp.workspace as workspace_module
+from agentexp.events import EVENT, CycleEnd, CycleStart, QualityGate, RunEnd
+from agentexp.launchers.base import ActiveRun, Handle, RunOutcome
+from agentexp.signals import CycleSummary
 from agentexp.todos import TodoQueue
 from agentexp.workspace import (
-    ActiveRun,
     AlreadyRunning,
     State,
     Workspace,
@@ -30,16 +32,15 @@ def ws(tmp_path: Path) -> Workspace:
 
 def _state(cycle: int) -> State:
     run = ActiveRun(
-        pid=4242,
+        handle=Handle(pid=4242, started_at=10.0, host="node-1"),
         run_label="resnet18-lr3e-4",
         log_path=Path("/x/logs/resnet18-lr3e-4.log"),
+        run_dir=Path("/x/runs/resnet18-lr3e-4-trace"),
         cycle=cycle,
         cycle_trace_id=f"trace-{cycle}",
-        started_at=10.0,
-        monitor_until=70.0,
         overrides=["optim.lr=0.0003"],
     )
-    return State(session_id="s1", loop_run_id="abc", cycle=cycle, active_runs=[run], last_training_end=5.0)
+    return State(session_id="s1", loop_run_id="abc", cycle=cycle, active_runs=[run], stop_reason="max_cycles")
 
 
 def test_create_makes_the_folders(tmp_path: Path) -> None:
@@ -51,7 +52,7 @@ def test_state_round_trips_and_fresh_workspace_has_none(ws: Workspace) -> None:
     assert ws.load_state() is None
     ws.save_state(_state(3))
     assert Workspace(ws.root).load_state() == _state(3)
-    assert json.loads(ws.state_path.read_text())["active_runs"][0]["pid"] == 4242
+    assert json.loads(ws.state_path.read_text())["active_runs"][0]["handle"]["pid"] == 4242
 
 
 def test_failed_state_write_leaves_old_state_and_no_temp_files(ws: Workspace, monkeypatch) -> None:
@@ -91,29 +92,35 @@ def test_heartbeat_has_time_pid_and_info(ws: Workspace) -> None:
     assert ws.read_heartbeat() == beat
 
 
-def test_events_are_one_json_object_per_line(ws: Workspace) -> None:
-    ws.append_event(1, "t1", "decision", action="train", rationale="line one\nline two")
-    ws.append_event(1, "t1", "quality_gate", violations=["bad key"], lr=float("inf"))
-    ws.append_event(1, "t1", "cycle_end")
+def test_events_are_typed_one_json_object_per_line(ws: Workspace) -> None:
+    outcome = RunOutcome(run_label="r", status="failed", returncode=1, metric=float("nan"), error_tail="a\nb")
+    written = [
+        ws.append_event(CycleStart(cycle=1, cycle_trace_id="t1")),
+        ws.append_event(QualityGate(cycle=1, cycle_trace_id="t1", quality_gate=["bad key"])),
+        ws.append_event(RunEnd(cycle=1, cycle_trace_id="t1", run=outcome)),
+    ]
     lines = ws.events_path.read_text().splitlines()
     assert len(lines) == 3
     records = [json.loads(line) for line in lines]
-    assert [r["event"] for r in records] == ["decision", "quality_gate", "cycle_end"]
+    assert [r["event"] for r in records] == ["cycle_start", "quality_gate", "run_end"]
     assert all(r["cycle_trace_id"] == "t1" and r["cycle"] == 1 and r["ts"] == 1000.0 for r in records)
-    assert records[0]["rationale"] == "line one\nline two" and records[1]["lr"] is None
-    assert ws.events() == records
+    assert records[2]["run"]["error_tail"] == "a\nb" and records[2]["run"]["metric"] is None  # strict JSON
+    assert ws.events()[:2] == written[:2]  # the RunEnd's NaN came back as null
+    assert [type(e) for e in ws.events()] == [CycleStart, QualityGate, RunEnd]
 
 
-def test_events_reader_skips_a_line_cut_by_a_crash(ws: Workspace) -> None:
-    ws.append_event(1, "t1", "cycle_end")
+def test_events_reader_skips_a_line_cut_by_a_crash_and_lines_of_no_known_event(ws: Workspace) -> None:
+    summary = CycleSummary(cycle=1, action="wait", outcome="waited")
+    ws.append_event(CycleEnd(cycle=1, cycle_trace_id="t1", summary=summary, decision_run_id="d", story="s"))
     with ws.events_path.open("a") as handle:
-        handle.write('{"ts": 1, "cyc')
-    assert [e["event"] for e in ws.events()] == ["cycle_end"]
+        handle.write('{"ts": 1, "cycle": 2, "cycle_trace_id": "t2", "event": "decision"}\n{"ts": 1, "cyc')
+    assert [e.event for e in ws.events()] == ["cycle_end"]
 
 
-def test_event_fields_cannot_overwrite_the_envelope(ws: Workspace) -> None:
-    with pytest.raises(ValueError, match="ts"):
-        ws.append_event(1, "t1", "x", ts=5)
+def test_an_event_is_validated_when_written_and_read() -> None:
+    with pytest.raises(ValueError, match="quality_gate"):
+        QualityGate(cycle=1, cycle_trace_id="t1", quality_gate="not a list")
+    assert EVENT.validate_json('{"cycle": 1, "cycle_trace_id": "t", "event": "cycle_start"}').ts == 0.0
 
 
 def test_storyline_has_one_line_per_cycle(ws: Workspace) -> None:

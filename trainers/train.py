@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import sys
 import time
 import uuid
@@ -128,6 +129,7 @@ def _run_tags(
         tracking.COMMAND: " ".join(["python", "-m", "trainers.train", *overrides]),
         tracking.RUN_DIR: str(run_dir.resolve()),
         tracking.PID: str(os.getpid()),
+        tracking.HOST: socket.gethostname(),
         tracking.SEED: str(cfg.trainer.seed),
         tracking.DATA_FINGERPRINT: split.fingerprint,
         tracking.SKIPPED_IMAGES: str(split.skipped_images),

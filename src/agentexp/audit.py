@@ -1,15 +1,13 @@
 """Reproducibility: rerun a training from its recorded provenance (`reproduce`), list runs lacking it.
 
-`reproduce` starts the trainer itself (`python -P -m trainers.train`, an argv list, never a shell): the
-one place besides executor.py that starts a training, as it reruns recorded code, not a loop decision.
+The rerun goes through trainings.py like every training: the same command line and environment builders,
+the same local launcher, with the recorded code tree first on the path.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass, field
@@ -18,7 +16,10 @@ from pathlib import Path
 import yaml
 
 from agentexp import tracking
+from agentexp.launchers.base import LaunchSpec, training_argv, training_env
+from agentexp.launchers.local import LocalLauncher
 from agentexp.provenance import source_tree
+from agentexp.trainings import run_to_end
 
 RESOLVED = "config/resolved.yaml"
 DIFF = "provenance/git_diff.patch"
@@ -124,10 +125,7 @@ def reproduce(uri: str, run_id: str, repo_dir: Path, tolerance: float, python: s
     diff = None
     if tags.get(tracking.GIT_DIRTY) == "true":
         diff = tracking.read_text_artifact(uri, run_id, tags.get(tracking.GIT_DIFF_ARTIFACT, DIFF))
-    overrides = json.loads(tags[tracking.OVERRIDES]) + [
-        f"trainer.seed={seed}",
-        f"run_label=audit-{run_id[:8]}",
-    ]
+    overrides = json.loads(tags[tracking.OVERRIDES]) + [f"trainer.seed={seed}"]
     with source_tree(repo_dir, commit, diff) as (tree, where):
         audit_id = _rerun(python, tree, uri, run["experiment"], overrides, of=run_id)
     rerun = tracking.get_run(uri, audit_id)
@@ -166,26 +164,24 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def _rerun(python: str, tree: Path, uri: str, experiment: str, overrides: list[str], of: str) -> str:
-    """Run the trainer of `tree` (PYTHONPATH puts it first; -P keeps the cwd off sys.path); its run id."""
+    """Run the trainer of `tree` to its end as an audit run; its run id."""
     tmp = Path(tempfile.mkdtemp(prefix="agentexp-reproduce-")).resolve()
-    run_dir = str(tmp / "run")
-    paths = [str(tree / "src"), str(tree), *filter(None, [os.environ.get("PYTHONPATH")])]
-    env = {k: v for k, v in os.environ.items() if k not in (tracking.ENV_PARENT, tracking.ENV_TRACE)}
-    env |= {
-        tracking.ENV_URI: uri,
-        tracking.ENV_EXPERIMENT: experiment,
-        tracking.ENV_RUN_KIND: "audit",
-        "PYTHONPATH": os.pathsep.join(paths),
-    }
-    argv = [python, "-P", "-m", "trainers.train", *overrides, f"hydra.run.dir={run_dir}"]
+    run_dir, label = tmp / "run", f"audit-{of[:8]}"
+    spec = LaunchSpec(
+        run_label=label,
+        argv=training_argv(python, "trainers.train", overrides, label, run_dir, code_dir=tree),
+        env=training_env(uri, experiment, kind="audit", code_dir=tree),
+        log_path=tmp / "rerun.log",
+        run_dir=run_dir,
+    )
     try:
-        proc = subprocess.run(argv, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True)
-        run_id = tracking.find_run_by_tag(uri, experiment, tracking.RUN_DIR, run_dir)
+        outcome = run_to_end(LocalLauncher(stop_grace_s=30.0), spec)
+        run_id = tracking.find_run_by_tag(uri, experiment, tracking.RUN_DIR, str(run_dir))
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     if run_id is not None:  # tagged here too: a trainer older than AGENTEXP_RUN_KIND tags its run `train`
         tracking.set_tags(uri, run_id, {tracking.KIND: "audit", tracking.AUDIT_OF: of})
-    if proc.returncode != 0 or run_id is None:
-        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        raise AuditError(f"the rerun failed (exit {proc.returncode}): {last}")
+    if outcome.status != "finished" or run_id is None:
+        last = (outcome.error_tail.strip().splitlines() or ["no output"])[-1]
+        raise AuditError(f"the rerun failed (exit {outcome.returncode}): {last}")
     return run_id

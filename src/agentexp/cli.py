@@ -34,32 +34,59 @@ def build_loop(cfg: LoopConfig):
     from agentexp.agents.mentor import Mentor
     from agentexp.agents.worker import Worker
     from agentexp.config import MISSIONS_DIR
-    from agentexp.executor import Executor
+    from agentexp.finisher import Finisher
+    from agentexp.launchers.local import LocalLauncher
     from agentexp.llm import build_backend
     from agentexp.loop import Loop
     from agentexp.mission import load_mission
+    from agentexp.trainings import Trainings
 
     mission = load_mission(cfg.mission, MISSIONS_DIR)
     ws = Workspace(cfg.loop.workspace.resolve()).create()
     uri = tracking.resolve_uri(cfg.tracking.uri)
     experiment = tracking.resolve_experiment(cfg.tracking.experiment or mission.name)
     tracker = tracking.Tracker(uri, experiment)
-    executor = Executor(ws, cfg.executor, uri, experiment)
+    launcher = LocalLauncher(cfg.executor.stop_grace_s)
+    stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
+    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale)
     worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks)
     mentor = None
     if cfg.mentor.enabled:
         mentor = Mentor(build_backend(cfg.mentor.llm or cfg.llm, ws.root), mission, cfg.mentor)
-    return Loop(cfg, mission, ws, tracker, executor, worker, mentor)
+    finisher = Finisher(ws, tracking.Source(uri, experiment, mission.summary_key, mission.direction))
+    return Loop(cfg, mission, ws, tracker, trainings, worker, mentor, finisher)
 
 
 @app.command()
-def loop(overrides: list[str] = OVERRIDES) -> None:
+def loop(
+    overrides: list[str] = OVERRIDES,
+    quiet: bool = typer.Option(False, "-q", "--quiet", help="no per-cycle lines, no closing summary"),
+) -> None:
     """Run the loop in the foreground for loop.max_cycles cycles (offline planner by default)."""
+    from agentexp import console
+
+    console.setup(quiet)
     try:
-        reason = build_loop(compose_loop(overrides or [])).run()
+        session = build_loop(compose_loop(overrides or []))
+        reason = session.run()
     except USER_ERRORS as err:
         raise _fail(err) from None
     typer.echo(f"loop stopped: {reason}")
+    if not quiet:
+        rows = session.tracker.training_runs()
+        files = finisher_files(session.ws)
+        typer.echo("\n".join(console.closing(session.finisher.src, rows, str(session.ws.root), files)))
+
+
+def finisher_files(ws: Workspace) -> list[str]:
+    """The report files finish-up wrote in this workspace, if it did."""
+    from agentexp import finisher
+
+    try:
+        f = finisher.load(ws)
+    except WorkspaceError:
+        return []
+    return f.report_files if f else []
 
 
 @app.command()
@@ -118,13 +145,15 @@ def stop(
     if pid is None:
         typer.echo("agentexp is not running")
         return
+    from agentexp.launchers.local import alive
+
     ws.request_stop()
     typer.echo(f"stop requested (pid {pid})")
     deadline = time.monotonic() + timeout
-    while wait and ws.holder_pid() is not None:
+    while wait and (ws.holder_pid() is not None or alive(pid)):  # the lock goes before the process does
         if time.monotonic() > deadline:
             raise _fail(WorkspaceError(f"the loop (pid {pid}) did not stop within {timeout:g}s"))
-        time.sleep(0.5)
+        time.sleep(0.2)
     if wait:
         typer.echo("agentexp stopped")
 
@@ -207,34 +236,57 @@ def ui(
 TOP_K = typer.Option(10, "--top-k", min=1, help="configurations on the leaderboard")
 STORE_URI = typer.Option(None, "--uri", help="MLflow store (MLFLOW_TRACKING_URI, else conf/loop.yaml)")
 EXPERIMENT = typer.Option(None, "--experiment", help="default: MLFLOW_EXPERIMENT_NAME, else the mission")
-WORKSPACE_ROOT = typer.Option(Path("."), "--workspace-root", help="the folder that holds .llm_loop/")
+MISSION = typer.Option(
+    None, "--mission", help="rank by this mission's metric (default: what the experiment's loop run recorded)"
+)
+
+
+def _source(uri: str | None, experiment: str | None, mission: str | None = None) -> tracking.Source:
+    """The store as the loop finds it (MLFLOW_* variables win over conf/loop.yaml; options win over both)
+    and what counts as better there: the experiment's loop run, or --mission, or the default mission."""
+    from agentexp.config import MISSIONS_DIR
+    from agentexp.mission import load_mission
+
+    cfg = compose_loop([f"mission={mission}"] if mission else [])
+    m = load_mission(cfg.mission, MISSIONS_DIR)
+    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    uri = uri or tracking.resolve_uri(cfg.tracking.uri)
+    experiment = experiment or tracking.resolve_experiment(cfg.tracking.experiment or m.name)
+    return tracking.locate(uri, experiment, m.summary_key, m.direction, mission_given=mission is not None)
 
 
 @app.command()
 def report(
     top_k: int = TOP_K,
-    workspace_root: Path = WORKSPACE_ROOT,
+    workspace: Path = WORKSPACE,
     uri: str | None = STORE_URI,
     experiment: str | None = EXPERIMENT,
+    mission: str | None = MISSION,
 ) -> None:
-    """Leaderboard, condensed story and paper-style report from MLflow, into .llm_loop/artifacts/."""
+    """Leaderboard, condensed story and paper-style report from MLflow, into <workspace>/artifacts/."""
     from agentexp import report as final
 
     try:
-        files = final.write_report(final.locate(uri, experiment), top_k, workspace_root.resolve())
+        files = final.write_report(_source(uri, experiment, mission), top_k, Workspace(workspace.resolve()))
     except (final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
     typer.echo("\n".join(str(path) for path in files))
 
 
 @app.command()
-def leaderboard(top_k: int = TOP_K, uri: str | None = STORE_URI, experiment: str | None = EXPERIMENT) -> None:
+def leaderboard(
+    top_k: int = TOP_K,
+    uri: str | None = STORE_URI,
+    experiment: str | None = EXPERIMENT,
+    mission: str | None = MISSION,
+) -> None:
     """Print the top-k configurations (seed runs aggregated) as a Markdown table."""
     from agentexp import report as final
     from agentexp.ranking import markdown_table
 
     try:
-        entries = final.leaderboard(final.locate(uri, experiment), top_k)
+        entries = final.leaderboard(_source(uri, experiment, mission), top_k)
     except (final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
     typer.echo(markdown_table(entries), nl=False)
@@ -255,7 +307,7 @@ def reproduce(
     from agentexp.provenance import CheckoutError
 
     try:
-        result = audit.reproduce(final.locate(uri, None).uri, run_id, repo, tolerance)
+        result = audit.reproduce(_source(uri, None).uri, run_id, repo, tolerance)
     except (audit.AuditError, CheckoutError, final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
     typer.echo("\n".join(result.lines()))
@@ -270,7 +322,7 @@ def audit_runs(uri: str | None = STORE_URI, experiment: str | None = EXPERIMENT)
     from agentexp import report as final
 
     try:
-        source = final.locate(uri, experiment)
+        source = _source(uri, experiment)
         total, lines = audit.audit(source.uri, source.experiment)
     except (audit.AuditError, final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
@@ -297,7 +349,7 @@ def reset(
     try:
         store = None
         if purge:
-            source = final.locate(uri, experiment)
+            source = _source(uri, experiment)
             store = (source.uri, source.experiment)
         lines = fresh.reset(Workspace(workspace.resolve()), keep_login, keep_data_link, purge, store)
     except (final.ReportError, *USER_ERRORS) as err:
@@ -337,6 +389,7 @@ def finishup(
     workspace: Path = WORKSPACE,
     uri: str | None = STORE_URI,
     experiment: str | None = EXPERIMENT,
+    mission: str | None = MISSION,
 ) -> None:
     """Schedule finish-up: once active the loop reruns the top candidates with more seeds, reports, stops."""
     from datetime import UTC, datetime
@@ -352,7 +405,7 @@ def finishup(
         elif cancel:
             typer.echo(finisher.cancel(ws))
         elif force_report_now:
-            done = finisher.force_report(ws, final.locate(uri, experiment), top_k, now)
+            done = finisher.force_report(ws, _source(uri, experiment, mission), top_k, now)
             typer.echo("\n".join(done.report_files))
             if (pid := ws.holder_pid()) is not None:
                 ws.request_stop()

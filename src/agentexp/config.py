@@ -11,10 +11,10 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentexp.agents.mentor import MentorConfig
-from agentexp.executor import ExecutorConfig
 from agentexp.gate import GateConfig
 from agentexp.llm.base import LLMConfig
 from agentexp.repair import RepairConfig
+from agentexp.trainings import ExecutorConfig
 from trainers.config import CONF_DIR
 
 MISSIONS_DIR = CONF_DIR.parent / "missions"
@@ -36,6 +36,8 @@ class LoopSettings(_Strict):
     workspace: Path
     """The `.llm_loop` folder, relative to the working directory."""
     run_hours: float | None = Field(None, gt=0)
+    max_trainings: int | None = Field(None, ge=1)
+    """Once this many trainings were launched and all have ended, the loop exits (reason max_trainings)."""
     max_llm_calls: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
     max_reasks: int = Field(2, ge=0, le=5)

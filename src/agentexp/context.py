@@ -6,8 +6,9 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
+from agentexp import ranking, tracking
 from agentexp.mission import Mission
 from agentexp.signals import CycleSummary, Signals
 from agentexp.todos import TodoQueue
@@ -29,8 +30,7 @@ def _finite(value: float | None) -> float | None:
 class RunInfo(BaseModel):
     """A training run as the structured context lists it."""
 
-    # The loop passes rows from tracking queries that may carry more keys; only these reach the agents.
-    model_config = ConfigDict(extra="ignore", use_attribute_docstrings=True)
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
     run_id: str
     """MLflow run id."""
@@ -45,20 +45,18 @@ class RunInfo(BaseModel):
     cycle: int | None = None
     """Cycle that launched it (None for runs started by hand)."""
 
-    @model_validator(mode="before")
     @classmethod
-    def _from_mlflow(cls, row: Any) -> Any:
-        # MLflow may hand back a run without a name, or SCHEDULED (not started yet: counts as RUNNING).
-        if not isinstance(row, dict):
-            return row
-        label = row.get("run_label") or row.get("run_id")
-        status = "RUNNING" if row.get("status") == "SCHEDULED" else row.get("status")
-        return {**row, "run_label": label, "status": status}
-
-    @field_validator("metric")
-    @classmethod
-    def _drop_non_finite(cls, value: float | None) -> float | None:
-        return _finite(value)
+    def from_row(cls, row: dict[str, Any], metric: str) -> RunInfo:
+        """A tracking.run_table row; SCHEDULED (not started yet) counts as RUNNING."""
+        status = "RUNNING" if row["status"] == "SCHEDULED" else row["status"]
+        return cls(
+            run_id=row["run_id"],
+            run_label=row["run_name"] or row["run_id"],
+            status=status,
+            overrides=ranking.overrides_of(row),
+            metric=_finite(row["metrics"].get(metric)),
+            cycle=tracking.cycle_of(row["tags"].get(tracking.CYCLE_TRACE_ID)),
+        )
 
 
 class Context(BaseModel):
@@ -79,32 +77,25 @@ class Context(BaseModel):
     failed_log_tail: str
     """End of the last run's log, only when that run failed."""
     leaderboard: list[dict[str, Any]]
-    """Top finished runs by the mission's metric, best first."""
+    """Top configurations by the mission's metric (seed runs grouped), best first."""
     deadline: str | None
     """When finish-up is active: the deadline."""
 
 
-def leaderboard(
-    runs: Sequence[RunInfo], direction: str, size: int = LEADERBOARD_SIZE
-) -> list[dict[str, Any]]:
-    """The best finished runs with a metric, best first."""
-    done = [r for r in runs if r.status == "FINISHED" and r.metric is not None]
-    done.sort(key=lambda r: r.metric, reverse=direction == "maximize")
+def leaderboard(rows: Sequence[dict[str, Any]], metric: str, direction: str) -> list[dict[str, Any]]:
+    """The best configurations (seeds grouped as mean ± std over n runs) as the agents see them."""
     return [
         {
-            "rank": rank,
-            "run_id": r.run_id,
-            "run_label": r.run_label,
-            "metric": r.metric,
-            "overrides": r.overrides,
+            "rank": e.rank,
+            "run_id": e.run_id,
+            "run_label": e.run_label,
+            "mean": e.mean,
+            "std": e.std,
+            "n": e.n,
+            "overrides": e.overrides,
         }
-        for rank, r in enumerate(done[:size], 1)
+        for e in ranking.rank(list(rows), metric, direction, LEADERBOARD_SIZE)
     ]
-
-
-def _converted(row: dict[str, Any]) -> tuple[RunInfo, dict[str, Any]]:
-    info = RunInfo.model_validate(row)
-    return info, info.model_dump()
 
 
 def _reused(seen: tuple[dict[str, Any], Any] | None, row: dict[str, Any]) -> Any:
@@ -119,21 +110,25 @@ class RunView:
     does not convert thousands of runs again; rows the `previous` view already converted are reused.
     """
 
-    def __init__(self, rows: Sequence[dict[str, Any]], previous: RunView | None = None) -> None:
+    def __init__(self, rows: Sequence[dict[str, Any]], metric: str, previous: RunView | None = None) -> None:
         done = {}
         if previous is not None:
             pairs = zip(previous.rows, previous._pairs, strict=True)
-            done = {row.get("run_id"): (row, pair) for row, pair in pairs}
-        self.rows = rows
-        self._pairs = [_reused(done.get(r.get("run_id")), r) or _converted(r) for r in rows]
+            done = {row["run_id"]: (row, pair) for row, pair in pairs}
+        self.rows, self.metric = rows, metric
+        self._pairs = [_reused(done.get(r["run_id"]), r) or self._converted(r) for r in rows]
         self.infos = [info for info, _ in self._pairs]
         self.dumped = [dumped for _, dumped in self._pairs]
         self._boards: dict[str, list[dict[str, Any]]] = {}
 
+    def _converted(self, row: dict[str, Any]) -> tuple[RunInfo, dict[str, Any]]:
+        info = RunInfo.from_row(row, self.metric)
+        return info, info.model_dump()
+
     def leaderboard(self, direction: str) -> list[dict[str, Any]]:
-        """The best finished runs in the metric's direction, computed once per view."""
+        """The best configurations in the metric's direction, computed once per view."""
         if direction not in self._boards:
-            self._boards[direction] = leaderboard(self.infos, direction)
+            self._boards[direction] = leaderboard(self.rows, self.metric, direction)
         return [dict(entry) for entry in self._boards[direction]]
 
 
@@ -164,7 +159,7 @@ def _todo_focus(workspace: Workspace) -> list[str]:
 
 def build(
     workspace: Workspace,
-    runs: list[dict[str, Any]] | RunView,
+    runs: RunView | Sequence[dict[str, Any]],
     history: list[CycleSummary],
     signals: Signals,
     mission: Mission,
@@ -173,9 +168,12 @@ def build(
     deadline: str | None,
     failed_log_tail: str = "",
     decision: dict[str, Any] | None = None,
+    max_concurrent: int = 1,
 ) -> Context:
-    """Assemble the context of `cycle` from the workspace, the runs (newest last) and the history."""
-    view = runs if isinstance(runs, RunView) else RunView(runs)
+    """Assemble the context of `cycle` from the workspace, the runs (tracking.run_table rows, newest last,
+    or the loop's RunView of them) and the history."""
+    view = runs if isinstance(runs, RunView) else RunView(runs, mission.summary_key)
+    board = view.leaderboard(mission.direction)
     recent = [s.model_copy(update={"metric": _finite(s.metric)}) for s in history[-HISTORY_CYCLES:]]
     structured = {
         "cycle": cycle,
@@ -183,6 +181,8 @@ def build(
         "metric": {"key": mission.metric_key, "summary": mission.summary_key, "direction": mission.direction},
         "runs": list(view.dumped),
         "active_runs": list(active_runs),
+        "max_concurrent": max_concurrent,
+        "leaderboard": board,
         "signals": signals.model_dump(),
         "history": [s.model_dump() for s in recent],
         "deadline": deadline,
@@ -196,6 +196,6 @@ def build(
         todo_focus=_todo_focus(workspace),
         storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
         failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
-        leaderboard=view.leaderboard(mission.direction),
+        leaderboard=board,
         deadline=deadline,
     )

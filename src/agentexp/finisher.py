@@ -8,13 +8,17 @@ from datetime import UTC, datetime
 from pydantic import ValidationError
 
 from agentexp import finishup, tracking
+from agentexp.agents.worker import WorkerResult
 from agentexp.decisions import Action, WorkerDecision
+from agentexp.events import FinishUpDone
 from agentexp.finishup import FinishUp, PlannedRun
-from agentexp.mission import Mission
+from agentexp.trainings import Trainings
 from agentexp.workspace import Workspace, WorkspaceError
 
 log = logging.getLogger(__name__)
 
+SEED_WATCH_S = 600
+"""How long a seed cycle watches when no other seed run could start now (the monitor bound clamps it)."""
 MAX_DECISION_OVERRIDES = 20
 """WorkerDecision's limit; a longer recorded configuration is launched whole but recorded cut."""
 
@@ -40,14 +44,14 @@ def when(now: float) -> datetime:
     return datetime.fromtimestamp(now, UTC)
 
 
-def write_report(ws: Workspace, src, top_k: int) -> list[str]:
-    """The final report from MLflow (`src`: a report.Source) into the workspace's artifacts/."""
+def write_report(ws: Workspace, src: tracking.Source, top_k: int) -> list[str]:
+    """The final report from MLflow into the workspace's artifacts/."""
     from agentexp import report
 
-    return [str(path) for path in report.write_report(src, top_k, ws.root.parent)]
+    return [str(path) for path in report.write_report(src, top_k, ws)]
 
 
-def conclude(ws: Workspace, src, f: FinishUp) -> FinishUp:
+def conclude(ws: Workspace, src: tracking.Source, f: FinishUp) -> FinishUp:
     """Write the final report and mark the schedule done; why a report could not be made is kept as error."""
     from agentexp.report import ReportError
 
@@ -74,23 +78,26 @@ def seed_decision(planned: PlannedRun, monitor_seconds: int) -> WorkerDecision:
     )
 
 
-class Finisher:
-    """The loop's view of FINISH_UP.json: read each time it is asked, so `agentexp finishup` acts at once."""
+class SeedResult(WorkerResult):
+    """The loop's own decision for a finish-up seed run: no LLM, mentor or gate."""
 
-    def __init__(self, workspace: Workspace, tracker: tracking.Tracker, mission: Mission) -> None:
-        self.ws, self.tracker, self.mission = workspace, tracker, mission
+    planned: PlannedRun
+    """The seed run, launched with its recorded configuration as is."""
+
+
+class Finisher:
+    """The loop's side of FINISH_UP.json, read each time it is asked so `agentexp finishup` acts at once.
+
+    Queries are pure; `advance` and `decide` are the only ones that write the schedule."""
+
+    def __init__(self, workspace: Workspace, src: tracking.Source) -> None:
+        self.ws, self.src = workspace, src
         self._warned = False
 
     def live(self, now: float) -> FinishUp | None:
-        """The schedule once it is active (marked active here when its time has come), else None."""
+        """The schedule once its activation time has come (until it is done or cancelled), else None."""
         f = self._load()
-        if f is None or not finishup.is_active(f, when(now)):
-            return None
-        if f.state == "scheduled":
-            f.state = "active"
-            self._save(f)
-            log.info("finish-up active: deadline %s", finishup.stamp(f.deadline_utc))
-        return f
+        return f if f is not None and finishup.is_active(f, when(now)) else None
 
     def deadline(self, now: float) -> str | None:
         """The deadline as the prompts show it, while finish-up is active."""
@@ -108,81 +115,91 @@ class Finisher:
             return []
         if action == Action.FINISH:
             return ["finish-up is active: the loop ends the session itself once the report is written"]
-        if action == Action.TRAIN and f.state != "active":
+        if action == Action.TRAIN and f.state == "training":
             return ["finish-up is running the final seed round: no new trainings until the report"]
         return []
 
-    def next_run(self, has_capacity: bool, now: float) -> PlannedRun | None:
-        """The next seed run to launch now, when a slot is free and it ends before the deadline."""
-        f = self.live(now)
-        if f is None or f.state != "training" or not f.pending or not has_capacity:
-            return None
-        while f.pending:
-            planned = f.pending.pop(0)
-            if finishup.fits(planned, when(now), f.deadline_utc):
-                f.launched.append(planned.run_label)
-                return planned if self._save(f) else None
-            f.skipped.append(planned.run_label)
-            log.info("finish-up: %s would end after the deadline; skipped", planned.run_label)
-        self._save(f)
-        return None
-
-    def more_now(self, now: float) -> bool:
-        """Whether seed runs are still waiting to be launched."""
-        f = self.live(now)
-        return f is not None and bool(f.pending)
-
     def report_due(self, runs_active: bool, now: float) -> bool:
-        """True at the deadline, or once the final rounds are done; starts each round when its turn comes."""
+        """True at the deadline, or once the final rounds are planned, launched and ended."""
         f = self.live(now)
         if f is None:
             return False
         if when(now) >= f.deadline_utc or f.state == "reporting":
             return True
+        last_round = f.round >= f.final_training_rounds
+        return f.state == "training" and last_round and not f.pending and not runs_active
+
+    def advance(self, runs_active: bool, now: float) -> None:
+        """Move the schedule on: mark it active, then plan each final round once the previous one ended."""
+        f = self.live(now)
+        if f is None:
+            return
+        before = f.model_copy(deep=True)
+        if f.state == "scheduled":
+            f.state = "active"
+            log.info("finish-up active: deadline %s", finishup.stamp(f.deadline_utc))
         if f.state == "active" and f.final_training_rounds > 0:
             f.state = "training"
             self._plan(f)
-        if f.state != "training" or f.pending or runs_active:
-            return False
-        if f.round < f.final_training_rounds:
+        elif f.state == "training" and not (f.pending or runs_active) and f.round < f.final_training_rounds:
             self._plan(f)
-        return not f.pending
+        if f != before:
+            self._save(f)
 
-    def report(self, now: float) -> FinishUp | None:
-        """Write the report and mark the schedule done (None when the user cancelled it meanwhile)."""
+    def decide(self, free_slots: int, now: float) -> SeedResult | None:
+        """The next seed run when a slot is free and it ends before the deadline; it watches briefly
+        while more could start at once."""
         f = self.live(now)
-        if f is None:
+        if f is None or f.state != "training" or not f.pending or free_slots <= 0:
             return None
-        from agentexp import report
+        while f.pending:
+            planned = f.pending.pop(0)
+            if finishup.fits(planned, when(now), f.deadline_utc):
+                f.launched.append(planned.run_label)
+                if not self._save(f):
+                    return None
+                watch = 0 if free_slots > 1 and f.pending else SEED_WATCH_S
+                return SeedResult(
+                    decision=seed_decision(planned, watch), calls=[], error=None, planned=planned
+                )
+            f.skipped.append(planned.run_label)
+            log.info("finish-up: %s would end after the deadline; skipped", planned.run_label)
+        self._save(f)
+        return None
 
-        src = report.Source(
-            uri=self.tracker.uri,
-            experiment=self.tracker.experiment,
-            metric=self.mission.summary_key,
-            direction=self.mission.direction,
+    def wrap_up(self, trainings: Trainings, now: float) -> FinishUpDone | None:
+        """Before each cycle: move the schedule on; at the deadline or after the final rounds, stop the
+        trainings (they end KILLED) and write the report. The event to record when it did, else None."""
+        busy = bool(trainings.active)
+        self.advance(busy, now)
+        if not self.report_due(busy, now):
+            return None
+        stopped = sorted(run.run_label for run in trainings.active)
+        trainings.stop_all()
+        f = self.live(now)
+        if f is None:  # cancelled meanwhile
+            return None
+        done = conclude(self.ws, self.src, f)
+        return FinishUpDone(
+            cycle=0, cycle_trace_id="finish-up", files=done.report_files, error=done.error, stopped=stopped
         )
-        return conclude(self.ws, src, f)
 
     def _plan(self, f: FinishUp) -> None:
+        experiment_id = tracking.find_experiment(self.src.uri, self.src.experiment)
         rows = tracking.run_table(
-            self.tracker.uri,
-            self.tracker.experiment_id,
+            self.src.uri,
+            experiment_id,
             "train",
-            metrics=(self.mission.summary_key,),
+            metrics=(self.src.metric,),
             tags=(tracking.OVERRIDES, tracking.SEED),
         )
         f.round += 1
         f.pending = finishup.seed_plan(
-            rows,
-            f.top_k,
-            f.seeds_per_candidate,
-            metric=self.mission.summary_key,
-            direction=self.mission.direction,
+            rows, f.top_k, f.seeds_per_candidate, metric=self.src.metric, direction=self.src.direction
         )
         if not f.pending:  # every top candidate has its seeds: later rounds would plan nothing either
             f.round = f.final_training_rounds
         log.info("finish-up round %d: %d seed runs planned", f.round, len(f.pending))
-        self._save(f)
 
     def _load(self) -> FinishUp | None:
         try:
@@ -212,7 +229,7 @@ def cancel(ws: Workspace) -> str:
     return "finish-up cancelled"
 
 
-def force_report(ws: Workspace, src, top_k: int | None, now: datetime) -> FinishUp:
+def force_report(ws: Workspace, src: tracking.Source, top_k: int | None, now: datetime) -> FinishUp:
     """Report now without final training, then mark the schedule done (one is recorded if none exists).
 
     A report that cannot be made raises report.ReportError and leaves the schedule as it was.

@@ -82,6 +82,14 @@ def downgrade(decision: WorkerDecision, verdict: Verdict) -> WorkerDecision:
     )
 
 
+def launchable(overrides: list[str], free_slots: int) -> list[str]:
+    """Why a training with these (complete) overrides cannot start now: no free slot, or they do not
+    compose with the trainer config ([] when it can)."""
+    if free_slots <= 0:
+        return ["Every training slot is busy (executor.max_concurrent): wait for a run to end."]
+    return check_composes(overrides)
+
+
 def check_composes(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]:
     """Compose the trainer config with the overrides and validate it; the problems found ([] if none)."""
     if GlobalHydra.instance().is_initialized():

@@ -1,7 +1,7 @@
 """Auto-repair rules: read a failed training's log tail, plan one retry (missing module, unknown model).
 
 The fixes come from `conf/repair/`, never from an LLM: a fallback `model.name` override, or a pip
-install of a mapped package into the training venv. Only `executor.py` starts training processes;
+install of a mapped package into the training venv. `trainings.py` runs the plan and the retry;
 this module runs pip (and GitPython clones) from argv lists, never through a shell, each bounded by
 a timeout. The issue's other path, a patched copy of a YAML run config under
 `.llm_loop/autofix_configs/`, does not apply here: every loop training is driven by Hydra overrides
@@ -18,8 +18,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentexp.executor import LAUNCH_PREFIX, RunOutcome
-from agentexp.workspace import ActiveRun
+from agentexp.launchers.base import LAUNCH_PREFIX, ActiveRun, RunOutcome
 
 _MISSING_MODULE = re.compile(r"ModuleNotFoundError: No module named '([\w.]+)'")
 _UNSUPPORTED_MODEL = re.compile(r"Unsupported model\.name '([^']+)'")

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import base64
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agentexp import paper, ranking, story, tracking
 from agentexp.ranking import Entry
+from agentexp.tracking import Source
 from agentexp.workspace import Workspace, atomic_write_text
 
 TEMPLATES = Path(__file__).parent / "report_templates"
@@ -31,34 +31,6 @@ TRAIN_TAGS = (
 
 class ReportError(Exception):
     """Nothing to report (no store, no experiment, no finished training), said in one sentence."""
-
-
-@dataclass(frozen=True)
-class Source:
-    """Where the facts are and what counts as better."""
-
-    uri: str
-    experiment: str
-    metric: str
-    """The summary metric the runs are ranked by, e.g. best_val_acc."""
-    direction: str = "maximize"
-
-
-def locate(uri: str | None = None, experiment: str | None = None) -> Source:
-    """The store as the loop finds it (MLFLOW_* variables win over conf/loop.yaml); options win over both."""
-    from agentexp.config import MISSIONS_DIR, compose_loop
-    from agentexp.mission import load_mission
-
-    cfg = compose_loop([])
-    mission = load_mission(cfg.mission, MISSIONS_DIR)
-    if uri and uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
-        uri = "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
-    return Source(
-        uri=uri or tracking.resolve_uri(cfg.tracking.uri),
-        experiment=experiment or tracking.resolve_experiment(cfg.tracking.experiment or mission.name),
-        metric=mission.summary_key,
-        direction=mission.direction,
-    )
 
 
 def _experiment_id(src: Source) -> str:
@@ -101,8 +73,8 @@ def leaderboard(src: Source, k: int) -> list[Entry]:
     return ranking.entries(groups, src.metric, src.direction, common)
 
 
-def write_report(src: Source, k: int, workspace_root: Path) -> list[Path]:
-    """Write the final_* files to <workspace_root>/.llm_loop/artifacts/, log them on the newest loop run."""
+def write_report(src: Source, k: int, ws: Workspace) -> list[Path]:
+    """Write the final_* files to the workspace's artifacts/, and log them on the newest loop run."""
     experiment_id = _experiment_id(src)
     train = _train(src, experiment_id)
     entries = _ranked(src, train, k)
@@ -115,7 +87,7 @@ def write_report(src: Source, k: int, workspace_root: Path) -> list[Path]:
         (tracking.CYCLE_TRACE_ID,),
     )
     loops = tracking.run_table(src.uri, experiment_id, "loop", params=("llm",))
-    ws = Workspace(Path(workspace_root) / ".llm_loop").create()
+    ws.create()
     found = story.attempts(train, decisions, ws.events(), src.metric, src.direction)
     values = paper.facts(src, k, train, entries, found, decisions, loops)
     per_class = tracking.read_json_artifact(src.uri, entries[0].run_id, paper.PER_CLASS)

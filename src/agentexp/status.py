@@ -1,4 +1,4 @@
-"""The status view of a workspace: running or stopped, heartbeat age, active runs, GPU, top-3."""
+"""The status view of a workspace: running, stopped (and why) or crashed, active runs, GPU, top-3."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from agentexp import gpu
-from agentexp.context import RunView
+from agentexp import gpu, ranking, tracking
 from agentexp.finishup import FinishUp, deadline_text
-from agentexp.tracking import Tracker
+from agentexp.launchers.local import START_TOLERANCE_S, alive
 from agentexp.workspace import Workspace
 
 TOP = 3
@@ -23,8 +22,7 @@ def render(ws: Workspace) -> Group:
     pid = ws.holder_pid()
     beat = ws.read_heartbeat() or {}
     state = ws.load_state() if ws.state_path.exists() else None
-    headline = f"agentexp: running (pid {pid})" if pid else "agentexp: stopped"
-    lines = [Text(headline, style="bold green" if pid else "bold")]
+    lines = [headline(pid, beat, state.stop_reason if state else None)]
     if beat:
         age = time.time() - beat.get("ts", 0)
         lines.append(
@@ -34,39 +32,74 @@ def render(ws: Workspace) -> Group:
         lines.append(
             Text(f"completed cycles: {state.cycle}; LLM calls: {state.llm_calls}; cost ${state.cost_usd:.4f}")
         )
-        lines.append(_active(state) if state.active_runs else Text("active runs: none"))
+    running = [run for run in beat.get("active_runs", []) if _lives(run)]
+    lines.append(_active(running) if running else Text("active runs: none"))
     if (schedule := ws.read_finishup()) is not None:
         f = FinishUp.model_validate(schedule)
         lines.append(Text(f"finish-up: {f.state}, deadline {deadline_text(f, datetime.now(UTC))}"))
-    lines.append(
-        Text(
-            "GPU: "
-            + (
-                ", ".join(f"{g['util_pct']:.0f}% {g['mem_used_gib']:.1f} GiB" for g in gpu.gpu_utilization())
-                or "none"
-            )
-        )
-    )
+    usage = ", ".join(f"{g['util_pct']:.0f}% {g['mem_used_gib']:.1f} GiB" for g in gpu.gpu_utilization())
+    lines.append(Text(f"GPU: {usage or 'none'}"))
     if beat.get("tracking_uri"):
-        lines.append(
-            _top(Tracker(beat["tracking_uri"], beat["experiment"]), beat.get("direction", "maximize"))
+        src = tracking.Source(
+            beat["tracking_uri"], beat["experiment"], beat.get("metric", "best_val_acc"), beat["direction"]
         )
+        lines.append(_top(src))
     return Group(*lines)
 
 
-def _active(state) -> Table:
+def headline(pid: int | None, beat: dict, stop_reason: str | None) -> Text:
+    """running (pid), stopped (reason), or crashed: no loop holds the lock, yet the last heartbeat was not
+    a stop."""
+    if pid:
+        return Text(f"agentexp: running (pid {pid})", style="bold green")
+    if beat and beat.get("status") != "stopped":
+        age = time.time() - beat.get("ts", 0)
+        return Text(
+            f"agentexp: crashed (last heartbeat {age:.0f}s ago, pid {beat.get('pid')})", style="bold red"
+        )
+    reason = stop_reason or beat.get("reason")
+    return Text("agentexp: stopped" + (f" ({reason})" if reason else ""), style="bold")
+
+
+def _lives(run: dict) -> bool:
+    """A training listed by the heartbeat whose process is still there (not a recycled pid)."""
+    import psutil
+
+    try:
+        started = psutil.Process(run["pid"]).create_time()
+    except psutil.Error:
+        return False
+    return abs(started - run["started_at"]) <= START_TOLERANCE_S and alive(run["pid"])
+
+
+def _active(runs: list[dict]) -> Table:
     table = Table(title="active runs", title_justify="left")
     for column in ("label", "pid", "cycle", "running for"):
         table.add_column(column)
-    for run in state.active_runs:
-        table.add_row(run.run_label, str(run.pid), str(run.cycle), f"{time.time() - run.started_at:.0f}s")
+    for run in runs:
+        table.add_row(
+            run["run_label"], str(run["pid"]), str(run["cycle"]), f"{time.time() - run['started_at']:.0f}s"
+        )
     return table
 
 
-def _top(tracker: Tracker, direction: str) -> Table:
-    table = Table(title=f"top-{TOP} training runs", title_justify="left")
+def _top(src: tracking.Source) -> Table | Text:
+    experiment_id = tracking.find_experiment(src.uri, src.experiment)
+    rows = (
+        tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), (tracking.OVERRIDES,))
+        if experiment_id
+        else []
+    )
+    entries = ranking.rank(rows, src.metric, src.direction, TOP)
+    if not entries:
+        counts = {s: sum(r["status"] == s for r in rows) for s in ("RUNNING", "FAILED", "KILLED")}
+        done = ", ".join(f"{n} {s.lower()}" for s, n in counts.items() if n) or "none yet"
+        return Text(
+            f"top-{TOP}: no training finished with {src.metric} yet ({len(rows)} training runs: {done})"
+        )
+    table = Table(title=f"top-{TOP} configurations by {src.metric}", title_justify="left")
     for column in ("rank", "run", "metric", "run id"):
         table.add_column(column)
-    for run in RunView(tracker.training_runs()).leaderboard(direction)[:TOP]:
-        table.add_row(str(run["rank"]), run["run_label"], f"{run['metric']:.4f}", run["run_id"])
+    for e in entries:
+        table.add_row(str(e.rank), e.run_label, e.metric_text(), e.run_id)
     return table

@@ -7,6 +7,7 @@ import math
 from pydantic import BaseModel
 
 from agentexp import tracking
+from agentexp.events import Event, RunEnd
 from agentexp.ranking import better, config_of, overrides_of
 
 UNATTRIBUTED = "outside the loop"
@@ -49,7 +50,7 @@ class Dimension(BaseModel):
 
 
 def attempts(
-    train: list[dict], decisions: list[dict], events: list[dict], metric: str, direction: str
+    train: list[dict], decisions: list[dict], events: list[Event], metric: str, direction: str
 ) -> list[Attempt]:
     """Every training in start order, with its decision's dimension, whether it helped, and its error."""
     by_id = {d["run_id"]: d for d in decisions}
@@ -104,16 +105,15 @@ def _judge(found: list[Attempt], direction: str) -> None:
             best = attempt.metric
 
 
-def _errors(events: list[dict]) -> dict[str, str]:
+def _errors(events: list[Event]) -> dict[str, str]:
     """run id and run label -> the last line that names the error of a failed or killed training."""
     out: dict[str, str] = {}
     for event in events:
-        run = event.get("run") if event.get("event") == "run_end" else None
-        if not isinstance(run, dict) or run.get("status") not in ("failed", "killed"):
+        if not isinstance(event, RunEnd) or event.run.status not in ("failed", "killed"):
             continue
-        tail = str(run.get("error_tail") or "")
-        line = error_line(tail) or f"{run['status']} (exit code {run.get('returncode')})"
-        for key in (run.get("mlflow_run_id"), run.get("run_label")):
+        run = event.run
+        line = error_line(run.error_tail) or f"{run.status} (exit code {run.returncode})"
+        for key in (run.mlflow_run_id, run.run_label):
             if key:
                 out[key] = line
     return out

@@ -19,11 +19,13 @@ from typing import Any, Literal, get_args
 from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from agentexp.events import EVENT, Event
+from agentexp.launchers.base import ActiveRun
+
 log = logging.getLogger(__name__)
 
 WorkpadSection = Literal["Notes", "Data Exploration"]
 RUN_LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
-_RESERVED_EVENT_KEYS = {"ts", "cycle", "cycle_trace_id", "event"}
 _HEADING_RE = re.compile(r"^\s*#{1,6}\s")
 
 
@@ -33,35 +35,6 @@ class WorkspaceError(Exception):
 
 class AlreadyRunning(WorkspaceError):
     """Another loop holds this workspace's single-instance lock."""
-
-
-class ActiveRun(BaseModel):
-    """A training process the loop started and still watches."""
-
-    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
-
-    pid: int
-    """Process id of the trainer subprocess."""
-    run_label: str
-    """The worker's label for the run (also the log file name)."""
-    log_path: Path
-    """File receiving the trainer's stdout and stderr."""
-    cycle: int
-    """Cycle that launched the run."""
-    cycle_trace_id: str
-    """Trace id of the launching cycle."""
-    started_at: float
-    """Unix time the process started."""
-    monitor_until: float
-    """Unix time until which the launching cycle watches the run."""
-    mlflow_run_id: str | None = None
-    """MLflow run id of the training, once known."""
-    attempt: int = 1
-    """1 for the first launch, 2 after an auto-repair retry."""
-    overrides: list[str] = Field(default_factory=list)
-    """Hydra overrides the trainer was started with."""
-    parent_run_id: str | None = None
-    """MLflow run id of the decision that launched it (an auto-repair retry is nested there too)."""
 
 
 class State(BaseModel):
@@ -76,9 +49,9 @@ class State(BaseModel):
     cycle: int = 0
     """Number of completed cycles."""
     active_runs: list[ActiveRun] = Field(default_factory=list)
-    """Training processes still being watched."""
-    last_training_end: float | None = None
-    """Unix time the most recent training ended."""
+    """Training processes still being watched (saved once per cycle; the events journal has the rest)."""
+    stop_reason: str | None = None
+    """Why the last session stopped (None while it runs)."""
     llm_calls: int = 0
     """LLM calls of this session, re-asks included (the call budget)."""
     cost_usd: float = 0.0
@@ -192,27 +165,23 @@ class Workspace:
             return None
         return json.loads(self.heartbeat_path.read_text(encoding="utf-8"))
 
-    def append_event(self, cycle: int, cycle_trace_id: str, event: str, **fields: Any) -> dict[str, Any]:
-        """Append one JSON object line to logs/events.jsonl and return it."""
-        clash = _RESERVED_EVENT_KEYS & fields.keys()
-        if clash:
-            raise ValueError(f"event fields may not be named {sorted(clash)}")
-        record = {"ts": self.clock(), "cycle": cycle, "cycle_trace_id": cycle_trace_id, "event": event}
-        record.update(_finite(fields))
+    def append_event(self, event: Event) -> Event:
+        """Append one event as a JSON line to logs/events.jsonl (stamped with the time) and return it."""
+        stamped = event.model_copy(update={"ts": self.clock()})
         self.create()
         with self.events_path.open("a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, default=str) + "\n")
-        return record
+            handle.write(stamped.model_dump_json() + "\n")
+        return stamped
 
-    def events(self) -> list[dict[str, Any]]:
-        """Every event so far, oldest first; a line cut short by a crash is skipped."""
+    def events(self) -> list[Event]:
+        """Every event so far, oldest first; a line cut short by a crash (or not an event) is skipped."""
         if not self.events_path.exists():
             return []
         out = []
         for number, line in enumerate(self.events_path.read_text(encoding="utf-8").splitlines(), 1):
             try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
+                out.append(EVENT.validate_json(line))
+            except ValidationError:
                 log.warning("skipping unreadable line %d of %s", number, self.events_path)
         return out
 
