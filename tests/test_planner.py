@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from agentexp.decisions import Action, MentorReview, WorkerDecision, json_schema
 from agentexp.gate import GateConfig, check, check_composes
 from agentexp.llm import LLMError, LLMRequest, build_backend, parse_llm_config
-from agentexp.llm.planner import PlannerBackend, SearchSpace
+from agentexp.llm.planner import PlannerBackend
+from agentexp.llm.planner.space import SearchSpace
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SPACE = OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "planner.yaml"))["space"]
