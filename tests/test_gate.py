@@ -235,9 +235,9 @@ def _fmt(value) -> str:
 
 def test_every_allowlisted_value_composes(cfg):
     """The allowlist and the trainer's schema agree: each choice and both ends of each range compose."""
-    width = max(len(values) for values in cfg.choices.values())
+    width = max(len(values) for values in cfg.allowed.values())
     for i in range(width):
-        overrides = [f"{key}={_fmt(values[i % len(values)])}" for key, values in cfg.choices.items()]
+        overrides = [f"{key}={_fmt(values[i % len(values)])}" for key, values in cfg.allowed.items()]
         for key, rule in cfg.ranges.items():
             end = rule.min if i % 2 else rule.max
             value = int(end) if end.is_integer() else end

@@ -11,13 +11,15 @@ import optuna
 import pytest
 from omegaconf import OmegaConf
 
+from agentexp.config import compose_loop
 from agentexp.decisions import Action, MentorReview, WorkerDecision, json_schema
 from agentexp.gate import GateConfig, check, check_composes
 from agentexp.llm import LLMError, LLMRequest, build_backend, parse_llm_config
-from agentexp.llm.planner import PlannerBackend, SearchSpace
+from agentexp.llm.planner import PlannerBackend
+from agentexp.llm.planner.space import SearchSpace
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
-SPACE = OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "planner.yaml"))["space"]
+SPACE = compose_loop(["llm=planner"]).llm.space  # the shipped space, filled with the gate's choices
 MODELS = SPACE["model"]["choices"]
 LABEL = re.compile(r"^[A-Za-z0-9._-]{3,80}$")
 
@@ -308,7 +310,7 @@ def test_mentor_lets_a_worker_already_trying_an_untried_model_continue():
 
 
 def test_the_shipped_config_builds_the_planner(tmp_path):
-    cfg = parse_llm_config(OmegaConf.to_container(OmegaConf.load(CONF / "llm" / "planner.yaml")))
+    cfg = compose_loop(["llm=planner"]).llm
     decision = work(build_backend(cfg, tmp_path), context([]))
     assert decision.action == Action.TRAIN and config_of(decision.overrides)
 

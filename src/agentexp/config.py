@@ -11,8 +11,8 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentexp.agents.mentor import MentorConfig
-from agentexp.gate import GateConfig
-from agentexp.llm.base import LLMConfig
+from agentexp.gate import GateConfig, fit_space
+from agentexp.llm.base import LLMConfig, PlannerConfig
 from agentexp.repair import RepairConfig
 from agentexp.trainings import ExecutorConfig
 from trainers.config import CONF_DIR
@@ -72,6 +72,26 @@ class LoopConfig(_Strict):
 
 def compose_loop(overrides: list[str], conf_dir: Path = CONF_DIR) -> LoopConfig:
     """Compose conf/loop.yaml with the overrides; every problem is a ConfigError in one sentence."""
+    return _fit_planner_spaces(_compose(overrides, conf_dir))
+
+
+def _fit_planner_spaces(cfg: LoopConfig) -> LoopConfig:
+    """Planner backends search only what the gate lets through: their spaces filled from and checked by it."""
+    try:
+        llm = _fit(cfg.llm, cfg.gate, "llm.space")
+        mentor_llm = cfg.mentor.llm and _fit(cfg.mentor.llm, cfg.gate, "mentor.llm.space")
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    return cfg.model_copy(update={"llm": llm, "mentor": cfg.mentor.model_copy(update={"llm": mentor_llm})})
+
+
+def _fit(llm: LLMConfig, gate: GateConfig, where: str) -> LLMConfig:
+    if not isinstance(llm, PlannerConfig):
+        return llm
+    return llm.model_copy(update={"space": fit_space(llm.space, gate, where)})
+
+
+def _compose(overrides: list[str], conf_dir: Path) -> LoopConfig:
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir), job_name="agentexp"):
             cfg = compose("loop", overrides=overrides)

@@ -13,8 +13,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import OverrideType
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from agentexp.decisions import Action, WorkerDecision
 from trainers.config import CONF_DIR, UserError, from_hydra
@@ -43,12 +44,51 @@ class GateConfig(_Strict):
     """Most overrides one training decision may carry."""
     data_root: Path | None = None
     """Path overrides must stay under this folder; None = the current working directory."""
+    groups: list[str] = []
+    """Config groups an override may switch to any preset of (`model=resnet34`: conf/model/resnet34.yaml)."""
+    preset_values: list[str] = []
+    """Keys `<group>.<field>` that may take any value a preset of the group gives the field (model.name)."""
     choices: dict[str, list[Any]] = {}
-    """Override key (config group or value) -> the values it may take."""
+    """Override key -> the values it may take, for keys that no preset folder lists."""
     ranges: dict[str, RangeRule] = {}
     """Override key -> finite numeric range; lists (e.g. aug.crop_scale) are checked element-wise."""
     paths: list[str] = []
     """Override keys whose value is a path."""
+    conf_dir: Path = CONF_DIR
+    """The trainer's config folder, whose group folders `groups` and `preset_values` read."""
+    _allowed: dict[str, list[Any]] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _read_presets(self) -> GateConfig:
+        listed = set(self.groups) | set(self.preset_values)
+        if twice := sorted(listed & set(self.choices)):
+            raise ValueError(f"gate key {twice[0]} is listed in choices and read from its presets; keep one")
+        self._allowed = {**preset_choices(self.conf_dir, self.groups, self.preset_values), **self.choices}
+        return self
+
+    @property
+    def allowed(self) -> dict[str, list[Any]]:
+        """Every key with a list of allowed values: the groups' presets, the presets' values, `choices`."""
+        return self._allowed
+
+
+def preset_choices(conf_dir: Path, groups: list[str], preset_values: list[str]) -> dict[str, list[Any]]:
+    """What the preset folders allow: each group's option names and each `<group>.<field>`'s preset values."""
+    allowed: dict[str, list[Any]] = {group: [p.stem for p in _presets(conf_dir, group)] for group in groups}
+    for key in preset_values:
+        group, _, field = key.partition(".")
+        values = [OmegaConf.load(path).get(field) for path in _presets(conf_dir, group)]
+        allowed[key] = list(dict.fromkeys(v for v in values if v is not None))
+        if not allowed[key]:
+            raise ValueError(f"gate preset_values {key}: no preset in {Path(conf_dir) / group} sets {field}")
+    return allowed
+
+
+def _presets(conf_dir: Path, group: str) -> list[Path]:
+    paths = sorted((Path(conf_dir) / group).glob("*.yaml"))
+    if not paths:
+        raise ValueError(f"gate group {group!r} has no presets in {Path(conf_dir) / group}")
+    return paths
 
 
 class Verdict(_Strict):
@@ -104,6 +144,37 @@ def check_composes(overrides: list[str], conf_dir: Path = CONF_DIR) -> list[str]
     return []
 
 
+def fit_space(space: dict[str, dict[str, Any]], cfg: GateConfig, where: str) -> dict[str, dict[str, Any]]:
+    """A planner search space with the gate's choices where a key names no values of its own.
+
+    Raises ValueError, one sentence starting with `where`, for a key or value the gate would refuse.
+    """
+    fitted = {}
+    for key, spec in space.items():
+        problem = _space_refusal(key, spec, cfg)
+        if problem:
+            raise ValueError(f"{where} {key} {problem}")
+        takes_gate_choices = key in cfg.allowed and not any(k in spec for k in ("choices", "low", "high"))
+        fitted[key] = {**spec, "choices": cfg.allowed[key]} if takes_gate_choices else spec
+    return fitted
+
+
+def _space_refusal(key: str, spec: dict[str, Any], cfg: GateConfig) -> str | None:
+    allowed, rule = cfg.allowed.get(key), cfg.ranges.get(key)
+    if allowed is None and rule is None:
+        return "is not a key the gate allows"
+    if not isinstance(spec, dict) or not isinstance(spec.get("choices") or [], list):
+        return "must be a mapping with a list of choices, or low and high"
+    values = [("choice", c) for c in spec.get("choices") or []]
+    values += [(end, spec[end]) for end in ("low", "high") if spec.get(end) is not None]
+    for name, value in values:
+        if allowed is not None and not any(_same(value, c) for c in allowed):
+            return f"{name} {_listing([value])} is not among the gate's choices ({_listing(allowed)})"
+        if rule is not None and (not _is_number(value) or not _within(value, rule)):
+            return f"{name} {value} is outside the gate's range {rule.min}..{rule.max}"
+    return None
+
+
 def _is_generic(label: str, generic: list[str]) -> bool:
     words = [w for w in re.split(r"[\d._-]+", label.lower()) if w]
     return all(w in {g.lower() for g in generic} for w in words)
@@ -143,7 +214,7 @@ def _check_override(text: str, cfg: GateConfig) -> tuple[str | None, str]:
         return f"Override '{text}' uses @package syntax, which is not allowed.", key
     if override.is_sweep_override():
         return f"Override '{text}' is a sweep (a=1,2, choice(), range(), glob()); give one value.", key
-    if key not in cfg.choices and key not in cfg.ranges and key not in cfg.paths:
+    if key not in cfg.allowed and key not in cfg.ranges and key not in cfg.paths:
         return f"Override '{text}' sets {key}, which is not an allowed key.", key
     return _check_value(text, key, override.value(), cfg), key
 
@@ -152,9 +223,8 @@ def _check_value(text: str, key: str, value: Any, cfg: GateConfig) -> str | None
     items = value if isinstance(value, list) else [value]
     if any(isinstance(v, str) and SHELL_CHARS & set(v) for v in items):
         return f"Override '{text}' has shell metacharacters in its value."
-    if key in cfg.choices and not any(_same(value, c) for c in cfg.choices[key]):
-        allowed = ", ".join("null" if c is None else str(c) for c in cfg.choices[key])
-        return f"Override '{text}' is not an allowed choice for {key} ({allowed})."
+    if key in cfg.allowed and not any(_same(value, c) for c in cfg.allowed[key]):
+        return f"Override '{text}' is not an allowed choice for {key} ({_listing(cfg.allowed[key])})."
     if key in cfg.ranges:
         return _check_range(text, key, items, cfg.ranges[key])
     if key in cfg.paths:
@@ -167,13 +237,25 @@ def _check_value(text: str, key: str, value: Any, cfg: GateConfig) -> str | None
 
 def _check_range(text: str, key: str, items: list[Any], rule: RangeRule) -> str | None:
     for v in items:
-        if isinstance(v, bool) or not isinstance(v, int | float):
+        if not _is_number(v):
             return f"Override '{text}' must give a number for {key}."
         if not math.isfinite(v):
             return f"Override '{text}' is not a finite number (NaN or inf)."
-        if (rule.min is not None and v < rule.min) or (rule.max is not None and v > rule.max):
+        if not _within(v, rule):
             return f"Override '{text}' is outside the allowed range {rule.min}..{rule.max} for {key}."
     return None
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _within(value: float, rule: RangeRule) -> bool:
+    return (rule.min is None or value >= rule.min) and (rule.max is None or value <= rule.max)
+
+
+def _listing(values: list[Any]) -> str:
+    return ", ".join("null" if v is None else str(v) for v in values)
 
 
 def _same(value: Any, choice: Any) -> bool:
