@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -186,22 +185,9 @@ def ui(
     store = tracking.resolve_uri(uri)
     for name, experiment_id in tracking.experiments(store).items():
         typer.echo(f"{name}: {tracking.runs_page(experiment_id, port)}")
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # the job runner spawns many processes
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        store,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    raise typer.Exit(subprocess.call(argv, env=env))
+    from agentexp.server import run_mlflow_server
+
+    raise typer.Exit(run_mlflow_server(store, "127.0.0.1", port))
 
 
 ARTIFACT_ROOT = typer.Option(Path("mlruns/server-artifacts"), help="where the server keeps artifacts")
