@@ -190,6 +190,7 @@ def ui(
     raise typer.Exit(run_mlflow_server(store, "127.0.0.1", port))
 
 
+HOST_HELP = "address to listen on; 0.0.0.0 serves other machines (by IP; names: MLFLOW_SERVER_ALLOWED_HOSTS)"
 ARTIFACT_ROOT = typer.Option(Path("mlruns/server-artifacts"), help="where the server keeps artifacts")
 PG_DIR = typer.Option(Path("mlruns/postgres"), help="the local PostgreSQL cluster's folder")
 
@@ -197,7 +198,7 @@ PG_DIR = typer.Option(Path("mlruns/postgres"), help="the local PostgreSQL cluste
 @app.command()
 def server(
     port: int = typer.Option(5000, help="port of the tracking server"),
-    host: str = typer.Option("127.0.0.1", help="address to listen on (0.0.0.0 serves other machines)"),
+    host: str = typer.Option("127.0.0.1", help=HOST_HELP),
     backend_store_uri: str | None = typer.Option(None, help="a PostgreSQL URI; default: the local cluster"),
     artifact_root: Path = ARTIFACT_ROOT,
     pg_dir: Path = PG_DIR,
