@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Sequence
@@ -35,6 +36,17 @@ def normalise_uri(uri: str) -> str:
     if sep and scheme.startswith("postgresql+"):
         return uri
     raise ServerError(f"--backend-store-uri must be a postgresql:// URI, got {_masked(uri)!r}")
+
+
+def check_port(host: str, port: int) -> None:
+    """A taken port is one sentence here, not uvicorn's error after MLflow has started."""
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does: TIME_WAIT is no bar
+        try:
+            sock.bind((host, port))
+        except OSError as err:
+            reason = f"cannot listen on {host}:{port} ({err.strerror}); choose another --port"
+            raise ServerError(reason) from None
 
 
 def check_database(uri: str) -> None:
@@ -139,8 +151,12 @@ class LocalPostgres:
         return done
 
 
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+"""SIGHUP too: a closed terminal would otherwise end us and leave the server running in its own session."""
+
+
 def run_forwarding(argv: Sequence[str], env: dict[str, str] | None = None) -> int:
-    """Run argv in its own process group and pass SIGTERM/SIGINT on to the whole group; its exit status.
+    """Run argv in its own process group and pass our stop signals on to the whole group; its exit status.
 
     `mlflow server` runs uvicorn as a child: signalling only mlflow would leave uvicorn listening.
     """
@@ -149,7 +165,7 @@ def run_forwarding(argv: Sequence[str], env: dict[str, str] | None = None) -> in
     def forward(signum: int, _frame: object) -> None:
         _signal_group(proc.pid, signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in (signal.SIGTERM, signal.SIGINT)}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
     try:
         code = proc.wait()
     finally:
@@ -182,19 +198,22 @@ def serve(
     pg: LocalPostgres,
     echo: Callable[[str], object],
 ) -> int:
-    """Start the store (the local cluster unless a URI is given), then mlflow server over it until stopped."""
+    """The store (the local cluster unless a URI is given), then mlflow server over it until it is stopped.
+
+    A local cluster started here stops with the server.
+    """
     from agentexp import tracking
 
+    check_port(host, port)
+    store = normalise_uri(backend_store_uri) if backend_store_uri else None
     started = False
-    if backend_store_uri is None:
-        pg.create()
-        if not pg.running():
-            pg.start()
-            started = True
-        store = pg.uri
-    else:
-        store = normalise_uri(backend_store_uri)
     try:
+        if store is None:
+            pg.create()
+            started = not pg.running()
+            if started:
+                pg.start()
+            store = pg.uri
         check_database(store)
         artifacts.mkdir(parents=True, exist_ok=True)
         echo(f"MLflow on {_masked(store)}, artifacts in {artifacts.resolve()}")
