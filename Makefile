@@ -5,7 +5,7 @@ PORT    ?= 5000
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install loop start stop status watch train sweep ui report test test-all lint bench
+.PHONY: help install loop start stop status watch train sweep ui server report test test-all test-slurm lint bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -42,6 +42,9 @@ sweep: $(STAMP)  ## a small example multirun: 2 models x 2 learning rates
 ui: $(STAMP)  ## MLflow UI on 127.0.0.1:$(PORT) over the same store
 	.venv/bin/agentexp ui --port $(PORT)
 
+server: $(STAMP)  ## shared MLflow server on PostgreSQL at 127.0.0.1:$(PORT) (ARGS="--host 0.0.0.0")
+	.venv/bin/agentexp server --port $(PORT) $(ARGS)
+
 report: $(STAMP)  ## leaderboard and paper-style report from MLflow
 	.venv/bin/agentexp report $(ARGS)
 
@@ -50,6 +53,9 @@ test: $(STAMP)  ## fast offline tests
 
 test-all: $(STAMP)  ## every test, slow ones included
 	$(PY) -m pytest -q $(ARGS)
+
+test-slurm: $(STAMP)  ## slurm tests on a one-node cluster brought up here and torn down (root, apt)
+	PY=$(PY) tests/slurm/ci.sh --strict $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	.venv/bin/ruff check .

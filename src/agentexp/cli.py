@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -215,22 +214,34 @@ def ui(
     store = tracking.resolve_uri(uri)
     for name, experiment_id in tracking.experiments(store).items():
         typer.echo(f"{name}: {tracking.runs_page(experiment_id, port)}")
-    env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # the job runner spawns many processes
-    argv = [
-        sys.executable,
-        "-m",
-        "mlflow",
-        "server",
-        "--backend-store-uri",
-        store,
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--workers",
-        "1",
-    ]
-    raise typer.Exit(subprocess.call(argv, env=env))
+    from agentexp.server import run_mlflow_server
+
+    raise typer.Exit(run_mlflow_server(store, "127.0.0.1", port))
+
+
+HOST_HELP = "address to listen on; 0.0.0.0 serves other machines (by IP; names: MLFLOW_SERVER_ALLOWED_HOSTS)"
+ARTIFACT_ROOT = typer.Option(Path("mlruns/server-artifacts"), help="where the server keeps artifacts")
+PG_DIR = typer.Option(Path("mlruns/postgres"), help="the local PostgreSQL cluster's folder")
+
+
+@app.command()
+def server(
+    port: int = typer.Option(5000, help="port of the tracking server"),
+    host: str = typer.Option("127.0.0.1", help=HOST_HELP),
+    backend_store_uri: str | None = typer.Option(None, help="a PostgreSQL URI; default: the local cluster"),
+    artifact_root: Path = ARTIFACT_ROOT,
+    pg_dir: Path = PG_DIR,
+    pg_port: int = typer.Option(5433, help="the local cluster's port on 127.0.0.1"),
+) -> None:
+    """A shared MLflow server on PostgreSQL: point MLFLOW_TRACKING_URI at it from every machine."""
+    from agentexp import server as tracking_server
+
+    pg = tracking_server.LocalPostgres(pg_dir.resolve(), pg_port)
+    try:
+        code = tracking_server.serve(host, port, artifact_root, backend_store_uri, pg, typer.echo)
+    except tracking_server.ServerError as err:
+        raise _fail(err) from None
+    raise typer.Exit(code)
 
 
 TOP_K = typer.Option(10, "--top-k", min=1, help="configurations on the leaderboard")
