@@ -49,10 +49,10 @@ report: $(STAMP)  ## leaderboard and paper-style report from MLflow
 	.venv/bin/agentexp report $(ARGS)
 
 test: $(STAMP)  ## fast offline tests
-	$(PY) -m pytest -m "not slow" -q $(ARGS)
+	$(PY) -m pytest -m "not slow and not slurm and not live_llm" -q $(ARGS)
 
 test-all: $(STAMP)  ## every test, slow ones included
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -m "not live_llm" -q $(ARGS)
 
 test-slurm: $(STAMP)  ## slurm tests on a one-node cluster brought up here and torn down (root, apt)
 	PY=$(PY) tests/slurm/ci.sh --strict $(ARGS)

@@ -44,11 +44,31 @@ def test_digits_run_records_params_metrics_artifacts_and_provenance(tmp_path, st
     assert tags[tracking.KIND] == "train"
     assert json.loads(tags[tracking.OVERRIDES]) == TINY + ["optim.lr=0.002"]
     assert tags[tracking.SEED] == "42" and tags[tracking.DEVICE] == "cpu"
-    assert len(tags[tracking.DATA_FINGERPRINT]) == 16
+    assert len(tags[tracking.DATA_FINGERPRINT]) == 16 and len(tags[tracking.DATA_SPLIT]) == 16
     assert tags[f"{tracking.VERSION_PREFIX}torch"][0].isdigit()
     assert tags[tracking.GIT_STATUS]  # "ok" in a checkout, the reason elsewhere
     line = [x for x in capsys.readouterr().out.splitlines() if x.startswith(SUMMARY_PREFIX)][-1]
     assert json.loads(line.removeprefix(SUMMARY_PREFIX))["run_id"] == run.info.run_id
+
+
+@pytest.mark.parametrize("data", [[], ["data=csv"]], ids=["digits", "csv-groups"])
+def test_the_validation_split_is_fixed_by_its_own_seed_not_the_training_seed(tmp_path, data):
+    if data:  # 40 patients of 3 images each: a grouped split
+        rows = ["file,label,patient"]
+        for i in range(120):
+            rows.append(f"{write_image(tmp_path / f'{i}.png', (i, 0, 0)).name},{'ab'[i % 2]},p{i // 3}")
+        (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+        data = [
+            "data=csv",
+            f"data.csv_path={tmp_path / 'labels.csv'}",
+            "data.path_column=file",
+            "data.group_column=patient",
+        ]
+    splits = [load_split(compose_train([*data, f"trainer.seed={seed}"])) for seed in (1, 2)]
+    assert splits[0].val_fingerprint == splits[1].val_fingerprint
+    assert [str(x) for x in splits[0].val_labels] == [str(x) for x in splits[1].val_labels]
+    moved = load_split(compose_train([*data, "trainer.seed=1", "data.split_seed=7"]))
+    assert moved.val_fingerprint != splits[0].val_fingerprint
 
 
 def test_same_seed_gives_same_metric(tmp_path, store):

@@ -28,6 +28,8 @@ class _DataBase(Strict):
     """Square input size in pixels."""
     val_fraction: float = Field(gt=0, lt=1)
     """Share of the data held out for validation when no split is given."""
+    split_seed: int = Field(0, ge=0)
+    """Seed of the train/validation split: fixed per mission, independent of trainer.seed."""
     batch_size: int = Field(gt=0, le=4096)
     num_workers: int = Field(ge=0, le=64)
     mean: tuple[float, float, float]

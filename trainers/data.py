@@ -35,7 +35,10 @@ class Split:
     val_labels: list[int]
     class_names: list[str]
     fingerprint: str
+    """The data: every sample and its label."""
     skipped_images: int = 0
+    val_fingerprint: str = ""
+    """Which samples are in the validation split: runs are only compared on the same one."""
 
 
 class TensorImages(Dataset):
@@ -87,9 +90,12 @@ def _augmentations(aug: AugConfig, size: int) -> list[v2.Transform]:
 
 
 def load_split(cfg: TrainConfig) -> Split:
-    """Read and split the configured data; every problem a user can fix is a UserError."""
+    """Read and split the configured data; every problem a user can fix is a UserError.
+
+    The split has its own seed (data.split_seed), never the training seed: runs with other training seeds
+    are scored on the same validation samples."""
     data = cfg.data
-    seed = cfg.trainer.seed
+    seed = data.split_seed
     if isinstance(data, DigitsData):
         return _digits(data.image_size, data.val_fraction, seed)
     if isinstance(data, ImageFolderData):
@@ -113,6 +119,7 @@ def _digits(size: int, val_fraction: float, seed: int) -> Split:
         val_labels=[labels[i] for i in val_idx],
         class_names=[str(c) for c in digits.target_names],
         fingerprint=fingerprint([b"digits", digits.images.tobytes(), digits.target.tobytes()]),
+        val_fingerprint=fingerprint([b"digits-val", *(str(i) for i in sorted(val_idx))]),
     )
 
 
@@ -202,7 +209,8 @@ def _readable_split(train, train_labels, val, val_labels, names, max_bad: float,
         f"{p.name}:{p.stat().st_size}:{y}"
         for p, y in zip(train + val, train_labels + val_labels, strict=True)
     ]
-    return Split(train, train_labels, val, val_labels, names, fingerprint(parts), skipped)
+    members = sorted(f"{p}:{y}" for p, y in zip(val, val_labels, strict=True))
+    return Split(train, train_labels, val, val_labels, names, fingerprint(parts), skipped, fingerprint(members))
 
 
 def _readable(paths: list[Path], labels: list[int]) -> tuple[list[Path], list[int], int]:

@@ -132,6 +132,7 @@ def _run_tags(
         tracking.HOST: socket.gethostname(),
         tracking.SEED: str(cfg.trainer.seed),
         tracking.DATA_FINGERPRINT: split.fingerprint,
+        tracking.DATA_SPLIT: split.val_fingerprint,
         tracking.SKIPPED_IMAGES: str(split.skipped_images),
         tracking.GIT_STATUS: "ok" if git.available else git.reason,
         tracking.GPU_NAME: names[0] if names else "none",
