@@ -47,11 +47,12 @@ from agentexp.events import (
     MentorRecord,
     RunEnd,
 )
+from agentexp.files import atomic_write_text
 from agentexp.launchers.base import ActiveRun, Handle, RunOutcome
 from agentexp.signals import CycleSummary
 from agentexp.todos import TodoFile, TodoItem
 from agentexp.todos import render as render_todos
-from agentexp.workspace import State, Workspace, atomic_write_text
+from agentexp.workspace import State, Workspace
 from trainers.config import CONF_DIR, from_hydra
 
 EXPERIMENT = "digits"  # the default mission's experiment

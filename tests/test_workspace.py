@@ -13,6 +13,7 @@ import pytest
 
 import agentexp.workspace as workspace_module
 from agentexp.events import EVENT, CycleEnd, CycleStart, QualityGate, RunEnd
+from agentexp.files import atomic_write_text
 from agentexp.launchers.base import ActiveRun, Handle, RunOutcome
 from agentexp.signals import CycleSummary
 from agentexp.todos import TodoQueue
@@ -21,7 +22,6 @@ from agentexp.workspace import (
     State,
     Workspace,
     WorkspaceError,
-    atomic_write_text,
 )
 
 

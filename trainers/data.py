@@ -209,8 +209,9 @@ def _readable_split(train, train_labels, val, val_labels, names, max_bad: float,
         f"{p.name}:{p.stat().st_size}:{y}"
         for p, y in zip(train + val, train_labels + val_labels, strict=True)
     ]
-    members = sorted(f"{p}:{y}" for p, y in zip(val, val_labels, strict=True))
-    return Split(train, train_labels, val, val_labels, names, fingerprint(parts), skipped, fingerprint(members))
+    members = sorted(f"{p.parent.name}/{p.name}:{y}" for p, y in zip(val, val_labels, strict=True))
+    data, split = fingerprint(parts), fingerprint(members)
+    return Split(train, train_labels, val, val_labels, names, data, skipped, split)
 
 
 def _readable(paths: list[Path], labels: list[int]) -> tuple[list[Path], list[int], int]:

@@ -9,9 +9,10 @@ from pathlib import Path
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
 from agentexp import paper, ranking, story, tracking
+from agentexp.files import atomic_write_text
 from agentexp.ranking import Entry
 from agentexp.tracking import Source
-from agentexp.workspace import Workspace, atomic_write_text
+from agentexp.workspace import Workspace
 
 TEMPLATES = Path(__file__).parent / "report_templates"
 ARTIFACT_PATH = "report"

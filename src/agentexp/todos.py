@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentexp.workspace import atomic_write_text, flatten
+from agentexp.files import atomic_write_text, flatten
 
 TodoSource = Literal["worker", "mentor"]
 

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import re
 import shutil
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator
@@ -20,13 +18,13 @@ from filelock import FileLock, Timeout
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentexp.events import EVENT, Event
+from agentexp.files import atomic_write_text, escape_headings, finite, flatten, tail
 from agentexp.launchers.base import ActiveRun
 
 log = logging.getLogger(__name__)
 
 WorkpadSection = Literal["Notes", "Data Exploration"]
 RUN_LABEL_RE = re.compile(r"^[A-Za-z0-9._-]{1,80}$")
-_HEADING_RE = re.compile(r"^\s*#{1,6}\s")
 
 
 class WorkspaceError(Exception):
@@ -56,56 +54,6 @@ class State(BaseModel):
     """LLM calls of this session, re-asks included (the call budget)."""
     cost_usd: float = 0.0
     """LLM cost of this session (the cost budget)."""
-
-
-def atomic_write_text(path: Path, text: str, durable: bool = True) -> None:
-    """Replace `path` with `text` so readers see the old or the new file, never a partial one.
-
-    durable=False skips the fsync: still atomic for readers, but a power cut may lose the new content.
-    """
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            if durable:
-                os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def flatten(text: str) -> str:
-    """One line: newlines and runs of whitespace become single spaces."""
-    return " ".join(text.split())
-
-
-def _escape_headings(text: str) -> str:
-    # Entry text is data: a line like "## Notes" inside it must not open a section.
-    return "\n".join("\\" + line if _HEADING_RE.match(line) else line for line in text.splitlines())
-
-
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: NaN/inf become None (strict JSON has no NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
-def _tail(path: Path, chars: int) -> str:
-    """Last `chars` characters of a text file without reading all of it."""
-    if chars <= 0 or not path.exists():
-        return ""
-    with path.open("rb") as handle:
-        size = handle.seek(0, os.SEEK_END)
-        handle.seek(max(0, size - 4 * chars))  # utf-8 is at most 4 bytes per character
-        text = handle.read().decode("utf-8", errors="ignore")
-    return text[-chars:]
 
 
 class Workspace:
@@ -155,7 +103,7 @@ class Workspace:
     def heartbeat(self, **info: Any) -> None:
         """Refresh logs/daemon_heartbeat.json with the time, this pid and `info`."""
         self.create()
-        record = {"ts": self.clock(), "pid": os.getpid(), **_finite(info)}
+        record = {"ts": self.clock(), "pid": os.getpid(), **finite(info)}
         # no fsync: a heartbeat is rewritten every cycle and every monitoring poll; losing one is harmless
         atomic_write_text(self.heartbeat_path, json.dumps(record, default=str), durable=False)
 
@@ -214,7 +162,7 @@ class Workspace:
             raise ValueError(f"unknown workpad section {section!r}")
         self.create()
         sections = self._workpad_sections()
-        sections[section] += f"\n### cycle {cycle}\n{_escape_headings(text.strip())}\n"
+        sections[section] += f"\n### cycle {cycle}\n{escape_headings(text.strip())}\n"
         body = "".join(f"## {name}\n{content}\n" for name, content in sections.items())
         atomic_write_text(self.workpad_path, "# Workpad\n\n" + body)
 
@@ -249,11 +197,11 @@ class Workspace:
         new = not self.mentor_notes_path.exists()
         with self.mentor_notes_path.open("a", encoding="utf-8") as handle:
             handle.write(("# Mentor notes\n" if new else "") + f"\n### cycle {cycle}\n")
-            handle.write(_escape_headings(text.strip()) + "\n")
+            handle.write(escape_headings(text.strip()) + "\n")
 
     def mentor_notes_tail(self, chars: int) -> str:
         """The latest `chars` characters of the mentor notes."""
-        return _tail(self.mentor_notes_path, chars)
+        return tail(self.mentor_notes_path, chars)
 
     # training logs, stop requests ----------------------------------------------------------------
 
