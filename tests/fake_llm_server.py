@@ -12,13 +12,17 @@ from typing import Any
 Respond = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]
 """(path, request body) -> (status, JSON body), or None to never answer."""
 
-# What llama-cpp-python's server answers to `response_format: {"type": "json_schema"}`: pydantic's
-# literal error, as an HTTP 500.
+# What llama-cpp-python 0.3.36's server answers to `response_format: {"type": "json_schema"}`
+# (seen from the real one): pydantic's literal error, as an HTTP 500.
 LLAMA_CPP_REFUSAL = {
     "error": {
-        "message": "[{'type': 'literal_error', 'loc': ('body', 'response_format', 'type'), "
-        "'msg': \"Input should be 'text' or 'json_object'\", 'input': 'json_schema'}]",
+        "message": "1 validation error:\n  {'type': 'literal_error', "
+        "'loc': ('body', 'response_format', 'type'), 'msg': \"Input should be 'text' or 'json_object'\", "
+        "'input': 'json_schema', "
+        "'ctx': {'expected': \"'text' or 'json_object'\"}}\n\n  POST /v1/chat/completions",
         "type": "internal_server_error",
+        "param": None,
+        "code": None,
     }
 }
 
