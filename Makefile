@@ -5,7 +5,7 @@ PORT    ?= 5000
 ARGS    ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help install loop start stop status watch train sweep ui server report test test-all test-slurm lint bench
+.PHONY: help install loop start stop status watch train sweep ui server report test test-all test-live test-slurm lint bench
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-10s %s\n", $$1, $$2}'
@@ -56,6 +56,10 @@ test-all: $(STAMP)  ## every test, slow ones included
 
 test-slurm: $(STAMP)  ## slurm tests on a one-node cluster brought up here and torn down (root, apt)
 	PY=$(PY) tests/slurm/ci.sh --strict $(ARGS)
+
+test-live: $(STAMP)  ## opt-in: the loop on a real small model via llama-cpp-python's server (first run builds it, minutes)
+	nice $(PY) -m pip install -q -e '.[dev,live]'
+	$(PY) -m pytest -m live_llm -q -s $(ARGS)
 
 lint: $(STAMP)  ## ruff
 	.venv/bin/ruff check .

@@ -2,6 +2,7 @@
 
 import json
 import re
+import time
 
 import jinja2
 import pytest
@@ -11,7 +12,17 @@ from agentexp.agents import environment, prompt_values, render
 from agentexp.agents.mentor import Mentor, MentorConfig, apply_review, health_findings, review_todo
 from agentexp.agents.worker import Worker
 from agentexp.decisions import MentorReview, WorkerDecision, json_schema
-from agentexp.llm.base import JSON_ONLY, LLMError, LLMRequest, ScriptedConfig, ScriptExhausted
+from agentexp.llm.base import (
+    JSON_ONLY,
+    LLMCancelled,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    RetryPolicy,
+    ScriptedConfig,
+    ScriptExhausted,
+    Usage,
+)
 from agentexp.llm.scripted import ScriptedBackend
 from agentexp.mission import MISSIONS_DIR, load_mission
 from agentexp.signals import CycleSummary, Signals
@@ -41,14 +52,23 @@ class Recording:
         self.inner = ScriptedBackend(ScriptedConfig(script=script))
         self.requests: list[LLMRequest] = []
 
-    def decide(self, request):
+    def decide(self, request, should_stop=None):
         self.requests.append(request)
         return self.inner.decide(request)
 
 
 class Failing:
-    def decide(self, request):
-        raise LLMError("codex timed out after 5 s")
+    def __init__(self, failures: int = 99, error: type[LLMError] = LLMError):
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def decide(self, request, should_stop=None):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error("codex timed out after 5 s")
+        return LLMResponse(raw=json.dumps(WAIT), usage=Usage(), latency_s=0.0, model="fake")
+
+
+FAST = RetryPolicy(retries=2, backoff_s=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -126,10 +146,61 @@ def test_an_exhausted_script_propagates(tmp_path, mission, ctx):
         Worker(Recording(tmp_path, ["nope"]), mission, max_reasks=2).decide(ctx)
 
 
-def test_a_backend_error_is_reported_without_a_reask(mission, ctx):
-    result = Worker(Failing(), mission).decide(ctx)
+def test_a_backend_error_is_retried_with_backoff_then_answers(mission, ctx):
+    backend = Failing(failures=2)
+    start = time.monotonic()
+    result = Worker(backend, mission, retry=FAST).decide(ctx)
+    assert time.monotonic() - start >= 0.05 + 0.1  # backoff doubles
+    assert result.error is None and result.decision == WorkerDecision.model_validate(WAIT)
+    assert [call.error for call in result.calls] == ["codex timed out after 5 s"] * 2 + [None]
+    assert result.calls[0].prompt == result.calls[2].prompt  # a retry repeats the prompt; no re-ask text
+
+
+def test_a_backend_that_keeps_failing_is_reported_after_its_retries(mission, ctx):
+    backend = Failing()
+    result = Worker(backend, mission, max_reasks=5, retry=FAST).decide(ctx)
     assert result.decision is None and result.error == "codex timed out after 5 s"
-    assert len(result.calls) == 1 and result.calls[0].raw == ""
+    assert backend.calls == 3 == len(result.calls) and all(c.raw == "" for c in result.calls)
+
+
+def test_a_cancelled_call_is_not_retried(mission, ctx):
+    backend = Failing(error=LLMCancelled)
+    result = Worker(backend, mission, retry=FAST).decide(ctx)
+    assert result.decision is None and backend.calls == 1
+
+
+def test_a_stop_during_the_backoff_ends_the_retries(mission, ctx):
+    backend = Failing()
+    start = time.monotonic()
+    result = Worker(backend, mission, retry=RetryPolicy(retries=3, backoff_s=30)).decide(
+        ctx, should_stop=lambda: backend.calls >= 1
+    )
+    assert time.monotonic() - start < 2 and backend.calls == 1 and result.decision is None
+
+
+def test_should_stop_reaches_the_backend_of_worker_and_mentor(tmp_path, mission, ctx):
+    seen = []
+
+    class Stoppable:
+        def decide(self, request, should_stop=None):
+            seen.append(should_stop)
+            return LLMResponse(raw=json.dumps(WAIT), usage=Usage(), latency_s=0.0, model="fake")
+
+    def stop():
+        return False
+
+    Worker(Stoppable(), mission).decide(ctx, should_stop=stop)
+    Mentor(Stoppable(), mission, cfg()).review(WorkerDecision.model_validate(WAIT), ctx, "cadence", stop)
+    assert len(seen) >= 2 and set(seen) == {stop}  # the worker's call and the mentor's (re-asks too)
+
+
+def test_call_records_are_redacted(tmp_path, mission, ctx, monkeypatch):
+    key = "sk-ant-" + "k3y" * 10
+    monkeypatch.setenv("ANTHROPIC_API_KEY", key)
+    backend = Recording(tmp_path, [f"my key is {key}", json.dumps(WAIT)])
+    result = Worker(backend, mission).decide(ctx)
+    assert result.decision is not None and key not in result.model_dump_json()
+    assert "my key is [REDACTED]" in result.calls[0].raw and key not in backend.requests[1].prompt
 
 
 def fenced_spans(prompt: str) -> list[tuple[int, int]]:

@@ -3,26 +3,34 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import sys
-import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import psutil
 import pytest
 import yaml
+from fake_llm_server import FAKE_CODEX, chat_completion, echo_key, fake_server, llama_cpp
 from pydantic import BaseModel, ValidationError
 
-from agentexp.llm import LLMError, LLMRequest, ScriptExhausted, build_backend, parse_llm_config
+from agentexp.agents import ask
+from agentexp.decisions import WorkerDecision, json_schema
+from agentexp.llm import (
+    LLMCancelled,
+    LLMError,
+    LLMRequest,
+    RetryPolicy,
+    ScriptExhausted,
+    build_backend,
+    parse_llm_config,
+)
+from agentexp.redact import RedactingFilter
 
 CONF_LLM = Path(__file__).resolve().parents[1] / "conf" / "llm"
-Respond = Callable[[str, dict[str, Any]], tuple[int, dict[str, Any]] | None]
 
 
 class Answer(BaseModel):
@@ -36,56 +44,7 @@ REQUEST = LLMRequest(role="worker", prompt="Decide the next experiment.", json_s
 CONTENT = '{"action": "wait", "note": "hello\\nworld"}'
 
 
-@contextmanager
-def fake_server(respond: Respond) -> Iterator[tuple[str, list[dict[str, Any]]]]:
-    """A loopback HTTP server; `respond` returns (status, json body), or None to never answer."""
-    seen: list[dict[str, Any]] = []
-    release = threading.Event()
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            headers = {key.lower(): value for key, value in self.headers.items()}
-            seen.append({"path": self.path, "body": body, "headers": headers})
-            answer = respond(self.path, body)
-            if answer is None:
-                release.wait(30)
-                return
-            data = json.dumps(answer[1]).encode()
-            self.send_response(answer[0])
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def log_message(self, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}", seen
-    finally:
-        release.set()
-        server.shutdown()
-        server.server_close()
-
-
 # ---------------------------------------------------------------- OpenAI chat completions protocol
-
-
-def chat_completion(content: str) -> dict[str, Any]:
-    return {
-        "id": "chatcmpl-1",
-        "object": "chat.completion",
-        "created": 0,
-        "model": "fake-local-model",
-        "choices": [
-            {"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": content}}
-        ],
-        "usage": {"prompt_tokens": 123, "completion_tokens": 45, "total_tokens": 168},
-    }
 
 
 def openai_backend(base_url: str, **overrides: Any):
@@ -134,6 +93,106 @@ def test_openai_http_error_is_one_line(status: int) -> None:
     assert "\n" not in message
     assert f"HTTP {status}" in message and "Incorrect API key provided" in message
     assert ("OPENAI_API_KEY" in message) == (status == 401)
+
+
+WAIT = json.dumps({"action": "wait", "rationale": "the run is still training", "monitor_seconds": 30})
+WORKER_REQUEST = LLMRequest(
+    role="worker", prompt="Decide.", json_schema=json_schema(WorkerDecision), context={}
+)
+
+
+def formats(seen: list[dict[str, Any]]) -> list[str]:
+    return [(call["body"].get("response_format") or {"type": "none"})["type"] for call in seen]
+
+
+def test_openai_on_a_llama_cpp_server_falls_back_to_json_object_and_remembers() -> None:
+    with fake_server(llama_cpp(WAIT)) as (url, seen):
+        decision, calls, error = ask(
+            openai_backend(f"{url}/v1"), WORKER_REQUEST, WorkerDecision, max_reasks=0
+        )
+        assert error is None and decision == WorkerDecision.model_validate_json(WAIT) and len(calls) == 1
+        assert formats(seen) == ["json_schema", "json_object"]
+        json_object = seen[1]["body"]
+        assert json_object["response_format"] == {"type": "json_object"}  # no schema: it crashed llama.cpp
+        assert json.dumps(WORKER_REQUEST.json_schema) in json_object["messages"][0]["content"]
+        # a second backend on the same server (the mentor's) asks in json_object straight away
+        openai_backend(f"{url}/v1").decide(WORKER_REQUEST)
+    assert formats(seen) == ["json_schema", "json_object", "json_object"]
+
+
+def test_openai_falls_back_to_text_when_json_object_is_refused_too() -> None:
+    def respond(path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+        if "response_format" in body:
+            return 400, {"error": {"message": "unsupported response_format"}}
+        return 200, chat_completion(WAIT)
+
+    with fake_server(respond) as (url, seen):
+        assert openai_backend(f"{url}/v1").decide(WORKER_REQUEST).raw == WAIT
+    assert formats(seen) == ["json_schema", "json_object", "none"]
+    assert json.dumps(WORKER_REQUEST.json_schema) in seen[-1]["body"]["messages"][0]["content"]
+
+
+def http_error(status: int, message: str):
+    return lambda path, body: (status, {"error": {"message": message}})
+
+
+@pytest.mark.parametrize("mode", ["json_schema", "json_object", "text"])
+def test_openai_fixed_mode_is_never_negotiated(mode: str) -> None:
+    with fake_server(http_error(500, "response_format refused")) as (url, seen), pytest.raises(LLMError):
+        openai_backend(f"{url}/v1", structured_output=mode).decide(REQUEST)
+    assert formats(seen) == [{"text": "none"}.get(mode, mode)]
+
+
+def test_openai_error_about_something_else_is_not_a_refusal() -> None:
+    with fake_server(http_error(500, "out of memory")) as (url, seen), pytest.raises(LLMError) as err:
+        openai_backend(f"{url}/v1").decide(REQUEST)
+    assert formats(seen) == ["json_schema"] and "HTTP 500" in str(err.value)
+
+
+def test_openai_sends_max_tokens(monkeypatch: pytest.MonkeyPatch) -> None:
+    with fake_server(lambda path, body: (200, chat_completion(CONTENT))) as (url, seen):
+        openai_backend(f"{url}/v1").decide(REQUEST)
+        openai_backend(f"{url}/v1", max_tokens=77).decide(REQUEST)
+    assert [call["body"]["max_tokens"] for call in seen] == [2048, 77]
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    official = build_backend(parse_llm_config({"name": "openai", "max_tokens": 99}), Path("."))
+    params = official.params(REQUEST, "json_schema")  # api.openai.com's reasoning models need this name
+    assert params["max_completion_tokens"] == 99 and "max_tokens" not in params
+
+
+KEYS = [
+    ("OPENAI_API_KEY", "sk-proj-" + "a1B2c3D4e5" * 4),  # token-shaped
+    ("LOCAL_LLM", "plain-words-but-secret"),  # shaped like nothing: known only as the configured env var
+]
+
+
+@pytest.mark.parametrize(("env_var", "key"), KEYS)
+def test_a_key_echoed_in_a_401_is_nowhere_in_errors_records_or_logs(
+    env_var: str, key: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv(env_var, key)
+    caplog.set_level(logging.DEBUG)
+    caplog.handler.addFilter(RedactingFilter())  # as the CLI's handlers do; the SDKs log at DEBUG
+    with fake_server(echo_key(key)) as (url, seen):
+        backend = openai_backend(f"{url}/v1", api_key_env=env_var)
+        with pytest.raises(LLMError) as err:
+            backend.decide(REQUEST)
+        _, calls, error = ask(backend, REQUEST, WorkerDecision, 0, retry=RetryPolicy(retries=1, backoff_s=0))
+        logging.getLogger("agentexp.test").warning(
+            "the server said: %s", f"Incorrect API key provided: {key}"
+        )
+    assert seen[0]["headers"]["authorization"] == f"Bearer {key}"  # the key was really sent
+    assert "HTTP 401" in str(err.value) and "[REDACTED]" in str(err.value)
+    assert len(calls) == 2 and "[REDACTED]" in error
+    stored = [str(err.value), error, *(call.model_dump_json() for call in calls), caplog.text]
+    assert not [text for text in stored if key in text]
+    assert "the server said: Incorrect API key provided: [REDACTED]" in caplog.text
+
+
+def slow_stop(after_s: float = 0.5):
+    """A should_stop that turns true `after_s` seconds from now."""
+    deadline = time.monotonic() + after_s
+    return lambda: time.monotonic() >= deadline
 
 
 # ---------------------------------------------------------------- Anthropic messages protocol
@@ -187,35 +246,28 @@ def test_anthropic_http_error_is_one_line(status: int) -> None:
     assert f"HTTP {status}" in str(err.value)
 
 
-# ---------------------------------------------------------------- codex exec at the process boundary
+def test_anthropic_sends_max_tokens() -> None:
+    with fake_server(lambda path, body: (200, anthropic_message(CONTENT))) as (url, seen):
+        anthropic_backend(url, max_tokens=321).decide(REQUEST)
+    assert seen[0]["body"]["max_tokens"] == 321
 
-FAKE_CODEX = """#!{python}
-import json, os, subprocess, sys, time
-argv = sys.argv[1:]
-mode = os.environ.get("FAKE_CODEX_MODE", "answer")
-prompt = sys.stdin.read()
-flag = lambda name: argv[argv.index(name) + 1]
-record = {{"argv": argv, "prompt": prompt, "codex_home": os.environ.get("CODEX_HOME"), "pid": os.getpid(),
-          "schema": json.load(open(flag("--output-schema")))}}
-if mode == "hang":
-    record["child_pid"] = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"]).pid
-json.dump(record, open(os.environ["FAKE_CODEX_LOG"], "w"))
-if mode == "hang":
-    time.sleep(600)
-if mode == "fail":
-    print("starting codex", file=sys.stderr)
-    print("Error: unexpected status 401 Unauthorized", file=sys.stderr)
-    sys.exit(1)
-open(flag("-o"), "w").write(os.environ["FAKE_CODEX_MESSAGE"])
-print("a progress line that is not JSON")
-for event in [
-    {{"type": "thread.started", "thread_id": "t1"}},
-    {{"type": "item.completed", "item": {{"type": "agent_message", "text": "ignored: -o wins"}}}},
-    {{"type": "turn.completed", "usage": {{"input_tokens": 1200, "cached_input_tokens": 1000,
-                                          "output_tokens": 80}}}},
-]:
-    print(json.dumps(event))
-"""
+
+@pytest.mark.parametrize(
+    "make",
+    [lambda url: openai_backend(f"{url}/v1", timeout_s=30), lambda url: anthropic_backend(url, timeout_s=30)],
+    ids=["openai", "anthropic"],
+)
+def test_a_stop_cancels_an_http_call_in_flight(make) -> None:
+    with fake_server(lambda path, body: None) as (url, seen):
+        backend = make(url)
+        start = time.monotonic()
+        with pytest.raises(LLMCancelled, match="a stop was requested"):
+            backend.decide(REQUEST, should_stop=slow_stop())
+        assert 0.4 < time.monotonic() - start < 2
+        assert len(seen) == 1
+
+
+# ---------------------------------------------------------------- codex exec at the process boundary
 
 
 @pytest.fixture
@@ -284,6 +336,30 @@ def test_codex_that_never_answers_is_killed_with_its_children(
     while not (_gone(call["pid"]) and _gone(call["child_pid"])) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert _gone(call["pid"]) and _gone(call["child_pid"])
+
+
+def test_a_stop_kills_codex_and_its_process_group_promptly(
+    codex_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("FAKE_CODEX_MODE", "hang")
+    backend = codex_backend(codex_env["workspace"], timeout_s=60)
+    start = time.monotonic()
+    with pytest.raises(LLMCancelled, match="a stop was requested"):
+        backend.decide(REQUEST, should_stop=slow_stop())
+    assert time.monotonic() - start < 2
+    call = json.loads(codex_env["log"].read_text())
+    assert _gone(call["pid"]) and _gone(call["child_pid"])
+
+
+def test_codex_with_an_api_key_and_no_login_creates_codex_home(
+    codex_env: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = codex_env["workspace"] / "codex_home"
+    (home / "auth.json").unlink()
+    home.rmdir()
+    monkeypatch.setenv("CODEX_API_KEY", "sk-codex-" + "x1" * 12)
+    assert codex_backend(codex_env["workspace"]).decide(REQUEST).raw == CONTENT
+    assert home.is_dir()
 
 
 def test_codex_failure_reports_last_stderr_line(

@@ -317,14 +317,19 @@ def test_openai_server_that_never_answers_downgrades_the_cycle_to_wait(tmp_path,
     with fake_server(lambda path, body: None) as (url, _):
         start = time.monotonic()
         reason, ws = run_loop(
-            tmp_path, "llm=openai", f"llm.base_url={url}/v1", "llm.timeout_s=1", "loop.max_cycles=1"
+            tmp_path,
+            "llm=openai",
+            f"llm.base_url={url}/v1",
+            "llm.timeout_s=1",
+            "llm.retry.backoff_s=0.1",
+            "loop.max_cycles=1",
         )
     assert time.monotonic() - start < 30
     assert reason == "max_cycles"
     (run,) = store.runs("decision")
     assert run.data.params["action"] == "wait"
     assert run.data.tags["agentexp.worker_error"] == f"openai backend: no answer from {url}/v1 within 1s"
-    assert run.data.metrics["llm_calls"] == 1 and run.data.metrics["input_tokens"] == 0
+    assert run.data.metrics["llm_calls"] == 3 and run.data.metrics["input_tokens"] == 0  # 2 retries
     assert store.runs("loop")[0].info.status == "FINISHED"
     assert cycle_ends(ws) == [1]
 

@@ -70,6 +70,22 @@ class LoopConfig(_Strict):
     repair: RepairConfig = RepairConfig()
 
 
+def check_options(overrides: list[str], conf_dir: Path) -> None:
+    """A ConfigError naming the choices for a `group=option` override whose option has no file.
+
+    Hydra says only that it could not find the file, and ignores an unknown option of an optional
+    group (mentor/llm) altogether.
+    """
+    for override in overrides:
+        key, sep, option = override.lstrip("+").partition("=")
+        group = conf_dir / key
+        if not (key and sep) or "@" in key or not group.is_dir():
+            continue
+        choices = sorted(path.stem for path in group.glob("*.yaml"))
+        if option not in choices:
+            raise ConfigError(f"Unknown {key} option {option!r}: choose one of {', '.join(choices)}")
+
+
 def compose_loop(overrides: list[str], conf_dir: Path = CONF_DIR) -> LoopConfig:
     """Compose conf/loop.yaml with the overrides; every problem is a ConfigError in one sentence."""
     return _fit_planner_spaces(_compose(overrides, conf_dir))
@@ -92,6 +108,7 @@ def _fit(llm: LLMConfig, gate: GateConfig, where: str) -> LLMConfig:
 
 
 def _compose(overrides: list[str], conf_dir: Path) -> LoopConfig:
+    check_options(overrides, conf_dir)
     try:
         with initialize_config_dir(version_base="1.3", config_dir=str(conf_dir), job_name="agentexp"):
             cfg = compose("loop", overrides=overrides)

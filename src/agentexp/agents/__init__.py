@@ -4,18 +4,36 @@ from __future__ import annotations
 
 import functools
 import json
+import logging
 import re
 import time
 from pathlib import Path
 from typing import Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from agentexp.context import Context
 from agentexp.decisions import json_schema
-from agentexp.llm.base import JSON_ONLY, Backend, LLMError, LLMRequest, ScriptExhausted, Usage, one_line
+from agentexp.llm.base import (
+    DEFAULT_RETRY,
+    JSON_ONLY,
+    STOP_POLL_S,
+    Backend,
+    LLMCancelled,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    RetryPolicy,
+    ScriptExhausted,
+    StopCheck,
+    Usage,
+    one_line,
+)
 from agentexp.mission import Mission
+from agentexp.redact import redact
+
+log = logging.getLogger(__name__)
 
 TEMPLATES = Path(__file__).parent / "templates"
 RECENT_RUNS = 8  # runs listed besides the leaderboard
@@ -39,6 +57,12 @@ class CallRecord(BaseModel):
     """Seconds the call took."""
     error: str | None = None
     """Why the answer was not used (validation or backend error), None when it was."""
+
+    @field_validator("prompt", "raw", "error")
+    @classmethod
+    def _redacted(cls, text: str | None) -> str | None:
+        """Records go to MLflow and the workspace: no secret may ride along."""
+        return None if text is None else redact(text)
 
 
 def fence(text: str) -> str:
@@ -106,43 +130,90 @@ def reask_prompt(prompt: str, raw: str, error: str) -> str:
     )
 
 
+def pause(seconds: float, should_stop: StopCheck | None) -> bool:
+    """Sleep `seconds`, checking `should_stop`; False as soon as a stop is requested."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if should_stop is not None and should_stop():
+            return False
+        time.sleep(min(left, STOP_POLL_S))
+    return should_stop is None or not should_stop()
+
+
+def call_backend(backend: Backend, request: LLMRequest, should_stop: StopCheck | None) -> LLMResponse:
+    """One backend call; `should_stop` is passed only when given, so backends that predate it still work."""
+    if should_stop is None:
+        return backend.decide(request)
+    return backend.decide(request, should_stop=should_stop)
+
+
+def attempt(
+    backend: Backend, request: LLMRequest, model: type[Parsed], should_stop: StopCheck | None
+) -> tuple[CallRecord, Parsed | None, LLMError | None]:
+    """One call: its record, the answer when it validates, the backend error when the call failed."""
+    started = time.monotonic()
+    try:
+        response = call_backend(backend, request, should_stop)
+    except ScriptExhausted:
+        raise
+    except LLMError as exc:
+        latency = time.monotonic() - started
+        failed = CallRecord(
+            prompt=request.prompt, raw="", usage=Usage(), latency_s=latency, error=one_line(exc)
+        )
+        return failed, None, exc
+    try:
+        parsed, error = model.model_validate_json(response.raw), None
+    except ValidationError as exc:
+        parsed, error = None, describe(exc)
+    record = CallRecord(
+        prompt=request.prompt,
+        raw=response.raw,
+        usage=response.usage,
+        latency_s=response.latency_s,
+        error=error,
+    )
+    return record, parsed, None
+
+
 def ask(
     backend: Backend,
     request: LLMRequest,
     model: type[Parsed],
     max_reasks: int,
+    should_stop: StopCheck | None = None,
+    retry: RetryPolicy = DEFAULT_RETRY,
 ) -> tuple[Parsed | None, list[CallRecord], str | None]:
-    """Call the backend until its answer validates as `model`, re-asking at most `max_reasks` times.
+    """Call the backend until its answer validates as `model`.
 
-    Returns (parsed or None, one record per call, error or None). A backend error ends the loop
-    without a re-ask; ScriptExhausted propagates so that the loop can stop cleanly.
+    An invalid answer is re-asked with its validation error, at most `max_reasks` times. A backend
+    error is a failed call too: it is retried with the same prompt after a backoff, at most
+    `retry.retries` times. Returns (parsed or None, one record per call, error or None). A cancelled
+    call or a stop during a backoff ends at once; ScriptExhausted propagates so the loop stops cleanly.
     """
     calls: list[CallRecord] = []
-    prompt, error = request.prompt, "no call made"
-    for _ in range(max_reasks + 1):
-        started = time.monotonic()
-        try:
-            response = backend.decide(request.model_copy(update={"prompt": prompt}))
-        except ScriptExhausted:
-            raise
-        except LLMError as exc:
-            error = one_line(exc)
-            calls.append(
-                CallRecord(
-                    prompt=prompt, raw="", usage=Usage(), latency_s=time.monotonic() - started, error=error
-                )
-            )
-            return None, calls, error
-        record = CallRecord(
-            prompt=prompt, raw=response.raw, usage=response.usage, latency_s=response.latency_s
+    base = redact(request.prompt)  # a secret in a log tail must not reach a remote model either
+    prompt, reasks, retries = base, 0, 0
+    while True:
+        record, parsed, failure = attempt(
+            backend, request.model_copy(update={"prompt": prompt}), model, should_stop
         )
         calls.append(record)
-        try:
-            return model.model_validate_json(response.raw), calls, None
-        except ValidationError as exc:
-            error = record.error = describe(exc)
-            prompt = reask_prompt(request.prompt, response.raw, error)
-    return None, calls, f"invalid output after {len(calls)} calls: {error}"
+        if parsed is not None:
+            return parsed, calls, None
+        if failure is not None:
+            if isinstance(failure, LLMCancelled) or retries >= retry.retries:
+                return None, calls, record.error
+            delay = retry.delay(retries)
+            log.warning("%s; retry %d of %d in %.1fs", record.error, retries + 1, retry.retries, delay)
+            if not pause(delay, should_stop):
+                return None, calls, record.error
+            retries += 1
+        elif reasks < max_reasks:
+            reasks += 1
+            prompt = reask_prompt(base, record.raw, str(record.error))
+        else:
+            return None, calls, f"invalid output after {len(calls)} calls: {record.error}"
 
 
 def schema_request(role: str, prompt: str, model: type[BaseModel], context: dict[str, Any]) -> LLMRequest:

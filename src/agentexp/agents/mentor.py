@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentexp.agents import CallRecord, ask, prompt_values, render, schema_request
 from agentexp.context import Context
 from agentexp.decisions import MentorReview, WorkerDecision
-from agentexp.llm.base import Backend
+from agentexp.llm.base import DEFAULT_RETRY, Backend, RetryPolicy, StopCheck
 from agentexp.mission import Mission
 from agentexp.signals import CycleSummary, Signals, same_dimension_streak
 
@@ -93,10 +93,13 @@ def health_findings(structured: dict[str, Any]) -> list[str]:
 class Mentor:
     """Reviews the worker's decision when due; the review may challenge and replace it."""
 
-    def __init__(self, backend: Backend, mission: Mission, cfg: MentorConfig) -> None:
+    def __init__(
+        self, backend: Backend, mission: Mission, cfg: MentorConfig, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
         self.backend = backend
         self.mission = mission
         self.cfg = cfg
+        self.retry = retry
 
     def due(
         self, cycle: int, signals: Signals, worker_busy: bool, idle_streak: int, new_evidence: bool
@@ -126,11 +129,15 @@ class Mentor:
             "mentor.md.j2", **values, trigger=trigger, findings=findings, decision_json=decision_json
         )
 
-    def review(self, decision: WorkerDecision, context: Context, trigger: str) -> MentorResult:
-        """One review of `decision` (or an error); ScriptExhausted propagates."""
+    def review(
+        self, decision: WorkerDecision, context: Context, trigger: str, should_stop: StopCheck | None = None
+    ) -> MentorResult:
+        """One review of `decision` (or an error); a stop cancels the call; ScriptExhausted propagates."""
         structured = {**context.structured, "decision": decision.model_dump(mode="json")}
         request = schema_request("mentor", self.prompt(decision, context, trigger), MentorReview, structured)
-        review, calls, error = ask(self.backend, request, MentorReview, self.cfg.max_reasks)
+        review, calls, error = ask(
+            self.backend, request, MentorReview, self.cfg.max_reasks, should_stop, self.retry
+        )
         if error:
             log.warning("mentor gave no usable review in cycle %s: %s", structured["cycle"], error)
         return MentorResult(review=review, calls=calls, error=error, trigger=trigger)

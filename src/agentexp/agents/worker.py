@@ -9,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from agentexp.agents import CallRecord, ask, prompt_values, render, schema_request
 from agentexp.context import Context
 from agentexp.decisions import WorkerDecision
-from agentexp.llm.base import Backend
+from agentexp.llm.base import DEFAULT_RETRY, Backend, RetryPolicy, StopCheck
 from agentexp.mission import Mission
 
 log = logging.getLogger(__name__)
@@ -31,19 +31,24 @@ class WorkerResult(BaseModel):
 class Worker:
     """Asks the backend for the next step; invalid answers are re-asked with the validation error."""
 
-    def __init__(self, backend: Backend, mission: Mission, max_reasks: int = 2) -> None:
+    def __init__(
+        self, backend: Backend, mission: Mission, max_reasks: int = 2, retry: RetryPolicy = DEFAULT_RETRY
+    ) -> None:
         self.backend = backend
         self.mission = mission
         self.max_reasks = max_reasks
+        self.retry = retry
 
     def prompt(self, context: Context) -> str:
         """The rendered worker prompt for this context."""
         return render("worker.md.j2", **prompt_values(self.mission, context))
 
-    def decide(self, context: Context) -> WorkerResult:
-        """One decision (or an error) for the cycle; ScriptExhausted propagates."""
+    def decide(self, context: Context, should_stop: StopCheck | None = None) -> WorkerResult:
+        """One decision (or an error) for the cycle; a stop cancels the call; ScriptExhausted propagates."""
         request = schema_request("worker", self.prompt(context), WorkerDecision, context.structured)
-        decision, calls, error = ask(self.backend, request, WorkerDecision, self.max_reasks)
+        decision, calls, error = ask(
+            self.backend, request, WorkerDecision, self.max_reasks, should_stop, self.retry
+        )
         if error:
             log.warning("worker gave no usable decision in cycle %s: %s", context.structured["cycle"], error)
         return WorkerResult(decision=decision, calls=calls, error=error)

@@ -2,19 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import time
 from typing import Any
 
 import anthropic
 
 from agentexp.llm.base import (
-    JSON_ONLY,
     AnthropicConfig,
     LLMError,
     LLMRequest,
     LLMResponse,
+    StopCheck,
     api_key,
+    run_cancellable,
+    schema_prompt,
     sdk_error,
 )
 
@@ -37,11 +38,10 @@ class AnthropicBackend:
         )
 
     def _params(self, request: LLMRequest) -> dict[str, Any]:
-        system = f"{JSON_ONLY}\n\nJSON schema:\n{json.dumps(request.json_schema)}"
         params: dict[str, Any] = {
             "model": self.cfg.model or DEFAULT_MODEL,
             "max_tokens": self.cfg.max_tokens,
-            "system": system,
+            "system": schema_prompt(request.json_schema),
             "messages": [{"role": "user", "content": request.prompt}],
         }
         if self.cfg.reasoning_effort:
@@ -50,10 +50,13 @@ class AnthropicBackend:
             params["tools"] = [WEB_SEARCH_TOOL]
         return params
 
-    def decide(self, request: LLMRequest) -> LLMResponse:
+    def decide(self, request: LLMRequest, should_stop: StopCheck | None = None) -> LLMResponse:
         start = time.monotonic()
+        params = self._params(request)
         try:
-            message = self.client.messages.create(**self._params(request))
+            message = run_cancellable(
+                lambda: self.client.messages.create(**params), should_stop, "anthropic backend"
+            )
         except anthropic.AnthropicError as exc:
             raise sdk_error(
                 "anthropic", anthropic, exc, self.cfg.timeout_s, self.cfg.api_key_env, self.url

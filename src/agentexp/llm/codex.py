@@ -1,4 +1,8 @@
-"""Codex backend: `codex exec` in a read-only sandbox with an output schema and its own CODEX_HOME."""
+"""Codex backend: `codex exec` in a read-only sandbox with an output schema and its own CODEX_HOME.
+
+`llm.max_tokens` does not apply here: `codex exec` has no flag or config key that caps the answer's
+tokens, so a call is bounded by `llm.timeout_s` (and a stop request) instead.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,16 @@ import time
 from pathlib import Path
 from typing import Any
 
-from agentexp.llm.base import CodexConfig, LLMError, LLMRequest, LLMResponse, one_line
+from agentexp.llm.base import (
+    STOP_POLL_S,
+    CodexConfig,
+    LLMCancelled,
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    StopCheck,
+    one_line,
+)
 
 INSTALL_HINT = "codex CLI not found: npm install -g @openai/codex"
 
@@ -129,8 +142,13 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
             pipe.close()
 
 
-def run_codex(argv: list[str], prompt: str, env: dict[str, str], timeout_s: float) -> tuple[int, str, str]:
-    """Run codex with the prompt on stdin; (exit code, stdout, stderr); a timeout kills the process group."""
+def run_codex(
+    argv: list[str], prompt: str, env: dict[str, str], timeout_s: float, should_stop: StopCheck | None = None
+) -> tuple[int, str, str]:
+    """Run codex with the prompt on stdin; (exit code, stdout, stderr).
+
+    The process is polled, so that a timeout or a stop request kills its process group promptly.
+    """
     try:
         proc = subprocess.Popen(
             argv,
@@ -145,16 +163,23 @@ def run_codex(argv: list[str], prompt: str, env: dict[str, str], timeout_s: floa
         )
     except OSError as exc:
         raise LLMError(f"cannot start {argv[0]}: {exc.strerror or exc}") from exc
+    deadline = time.monotonic() + timeout_s
+    pending: str | None = prompt  # communicate() takes the input on its first call only
     try:
-        out, err = proc.communicate(prompt, timeout=timeout_s)
-    except subprocess.TimeoutExpired as exc:
-        _kill_group(proc)
-        hint = "no network or not logged in? run `agentexp login`"
-        raise LLMError(f"codex exec did not answer within {timeout_s:g}s ({hint})") from exc
+        while True:
+            try:
+                out, err = proc.communicate(pending, timeout=min(STOP_POLL_S, timeout_s))
+                return proc.returncode, out, err
+            except subprocess.TimeoutExpired:
+                pending = None  # nothing is lost: a later communicate() goes on where this one stopped
+            if should_stop is not None and should_stop():
+                raise LLMCancelled("codex exec cancelled: a stop was requested")
+            if time.monotonic() >= deadline:
+                hint = "no network or not logged in? run `agentexp login`"
+                raise LLMError(f"codex exec did not answer within {timeout_s:g}s ({hint})")
     except BaseException:
         _kill_group(proc)
         raise
-    return proc.returncode, out, err
 
 
 class CodexBackend:
@@ -174,12 +199,15 @@ class CodexBackend:
             raise LLMError(f"codex is not logged in (no auth.json in {self.home}): run `agentexp login`")
         return binary
 
-    def _call(self, binary: str, request: LLMRequest, tmp: Path) -> tuple[str, list[dict[str, Any]]]:
+    def _call(
+        self, binary: str, request: LLMRequest, tmp: Path, should_stop: StopCheck | None
+    ) -> tuple[str, list[dict[str, Any]]]:
         schema, last = tmp / "schema.json", tmp / "last_message.txt"
         schema.write_text(json.dumps(strict_schema(request.json_schema)), encoding="utf-8")
         argv = exec_argv(self.cfg, binary, self.workspace_dir, schema, last)
         env = {**os.environ, "CODEX_HOME": str(self.home)}
-        code, out, err = run_codex(argv, request.prompt, env, self.cfg.timeout_s)
+        self.home.mkdir(parents=True, exist_ok=True)  # codex exits 1 without it, even with CODEX_API_KEY
+        code, out, err = run_codex(argv, request.prompt, env, self.cfg.timeout_s, should_stop)
         events = parse_events(out)
         if code != 0:
             lines = [line for line in err.splitlines() if line.strip()]
@@ -188,11 +216,11 @@ class CodexBackend:
         text = last.read_text(encoding="utf-8") if last.is_file() else ""
         return text or event_message(events), events
 
-    def decide(self, request: LLMRequest) -> LLMResponse:
+    def decide(self, request: LLMRequest, should_stop: StopCheck | None = None) -> LLMResponse:
         binary = self._preflight()
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix="agentexp-codex-") as tmp:
-            text, events = self._call(binary, request, Path(tmp))
+            text, events = self._call(binary, request, Path(tmp), should_stop)
         if not text:
             raise LLMError("codex exec finished without a message")
         usage = self.cfg.usage(*event_usage(events))

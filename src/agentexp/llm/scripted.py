@@ -7,7 +7,15 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from agentexp.llm.base import LLMError, LLMRequest, LLMResponse, ScriptedConfig, ScriptExhausted, one_line
+from agentexp.llm.base import (
+    LLMError,
+    LLMRequest,
+    LLMResponse,
+    ScriptedConfig,
+    ScriptExhausted,
+    StopCheck,
+    one_line,
+)
 
 
 class _ScriptUsage(BaseModel):
@@ -52,7 +60,8 @@ class ScriptedBackend:
         self._lines = load_script(cfg.script)
         self._next = 0
 
-    def decide(self, request: LLMRequest) -> LLMResponse:
+    def decide(self, request: LLMRequest, should_stop: StopCheck | None = None) -> LLMResponse:
+        """The next line; replay is instant, so there is nothing for `should_stop` to cancel."""
         if self._next >= len(self._lines):
             raise ScriptExhausted(f"script {self.cfg.script} exhausted after {len(self._lines)} responses")
         line = self._lines[self._next]
