@@ -14,9 +14,9 @@ from pathlib import Path
 
 import psutil
 import pytest
+from fake_llm_server import FAKE_CODEX, chat_completion, fake_server
 from helpers import decision, wait_for, write_script
 from mlflow.entities import Metric, RunTag
-from test_llm_backends import FAKE_CODEX, chat_completion, fake_server
 
 from agentexp import tracking
 from agentexp.cli import build_loop
@@ -414,3 +414,38 @@ def test_mentor_replacement_is_what_the_decision_run_records_and_executes(tmp_pa
     todos = [(t.text, t.source) for t in TodoQueue(ws.artifacts).open_items()]
     assert todos == [("plot the confusion matrix of the best run", "mentor")]
     assert "Which classes does the best run confuse?" in ws.mentor_notes_tail(2000)
+
+
+# ---------------------------------------------------------------- a prompt stop, the truth after a crash
+
+
+def test_stop_interrupts_an_llm_call_in_flight_and_waits_for_the_process(tmp_path, store, ws, monkeypatch):
+    monkeypatch.delenv("OPENAI_API_KEY", raising=False)
+    with fake_server(lambda path, body: None) as (url, seen):  # never answers
+        args = ["llm=openai", f"llm.base_url={url}/v1", "llm.timeout_s=600", "mentor.enabled=false"]
+        args += [f"loop.workspace={ws.root}", "loop.max_cycles=5"]
+        proc = spawn_loop(tmp_path, args)
+        wait_for(lambda: seen, 60, "the LLM call", proc)
+        started = time.monotonic()
+        stopped = agentexp("stop", "--wait", "--timeout", "60", "--workspace", str(ws.root))
+        assert stopped.returncode == 0, stopped.stderr
+        assert time.monotonic() - started < 20  # not the 600 s of the call's timeout
+        assert proc.poll() is not None  # `stop --wait` returned after the process was gone
+    assert proc.returncode == 0 and "loop stopped: stop_requested" in output(tmp_path)
+    assert "agentexp: stopped (stop_requested)" in agentexp("status", "--workspace", str(ws.root)).stdout
+
+
+def test_status_after_a_sigkill_says_crashed_and_lists_no_ended_training(tmp_path, store, ws):
+    quick = "loop.train_overrides=['trainer.epochs=1','debug=fast','data.image_size=16']"
+    proc = spawn_loop(
+        tmp_path, loop_args(tmp_path, [decision(monitor_seconds=600)], quick, "loop.poll_seconds=0")
+    )
+    wait_for(lambda: (ws.read_heartbeat() or {}).get("active_runs"), 60, "a running training", proc)
+    (run,) = ws.read_heartbeat()["active_runs"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=10)
+    wait_for(lambda: gone(run["pid"]), 120, "the training to end by itself")
+    status = agentexp("status", "--workspace", str(ws.root))
+    assert status.returncode == 0, status.stderr
+    assert "agentexp: crashed (last heartbeat" in status.stdout
+    assert "active runs: none" in status.stdout and run["run_label"] not in status.stdout.split("top-")[0]

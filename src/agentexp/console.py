@@ -6,6 +6,7 @@ import logging
 import sys
 
 from agentexp import ranking, tracking
+from agentexp.redact import RedactingFilter
 
 QUIET_LIBRARIES = ("mlflow", "alembic", "optuna", "urllib3", "httpx", "git")
 TOP = 3
@@ -22,6 +23,7 @@ def setup(quiet: bool) -> None:
     else:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.addFilter(RedactingFilter())
     logging.basicConfig(level=logging.WARNING, handlers=[handler], force=True)
     logging.getLogger("agentexp").setLevel(logging.WARNING if quiet else logging.INFO)
     for name in QUIET_LIBRARIES:

@@ -60,5 +60,3 @@ def tail(path: Path, chars: int) -> str:
         handle.seek(max(0, size - 4 * chars))  # utf-8 is at most 4 bytes per character
         text = handle.read().decode("utf-8", errors="ignore")
     return text[-chars:]
-
-

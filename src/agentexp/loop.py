@@ -107,7 +107,10 @@ class Loop:
         history = self.history[-HISTORY_WINDOW:]
         sig = signals.compute(history, len(self.todos.open_items()), self.mission.direction)
         ctx = self._context(number, sig)
-        result = self.finisher.decide(self.trainings.free_slots(), self.clock()) or self.worker.decide(ctx)
+        stop = self.ws.stop_requested  # a stop request cancels an LLM call in flight: the cycle waits
+        result = self.finisher.decide(self.trainings.free_slots(), self.clock()) or self.worker.decide(
+            ctx, stop
+        )
         cycle = Cycle(number, trace, sig, result.decision or _wait(result.error), result.calls, result.error)
         cycle.ended, cycle.planned = ended, getattr(result, "planned", None)
         self._count_calls(state, cycle.calls)
@@ -156,7 +159,7 @@ class Loop:
         if trigger is None:
             return
         ctx.structured["decision"] = cycle.decision.model_dump(mode="json")
-        cycle.mentor = self.mentor.review(cycle.decision, ctx, trigger)
+        cycle.mentor = self.mentor.review(cycle.decision, ctx, trigger, should_stop=self.ws.stop_requested)
         self._count_calls(state, cycle.mentor.calls)
         self.new_evidence = False
         if cycle.mentor.review is not None:

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentexp.events import EVENT, Event
 from agentexp.files import atomic_write_text, escape_headings, finite, flatten, tail
 from agentexp.launchers.base import ActiveRun
+from agentexp.redact import redact
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ class Workspace:
         stamped = event.model_copy(update={"ts": self.clock()})
         self.create()
         with self.events_path.open("a", encoding="utf-8") as handle:
-            handle.write(stamped.model_dump_json() + "\n")
+            handle.write(redact(stamped.model_dump_json()) + "\n")
         return stamped
 
     def events(self) -> list[Event]:
@@ -139,7 +140,7 @@ class Workspace:
         """Add the cycle's one storyline line."""
         self.create()
         with self.storyline_path.open("a", encoding="utf-8") as handle:
-            handle.write(f"- cycle {cycle} [{cycle_trace_id}] {flatten(text)}\n")
+            handle.write(f"- cycle {cycle} [{cycle_trace_id}] {redact(flatten(text))}\n")
 
     def storyline_tail(self, lines: int = 10) -> list[str]:
         """The last `lines` storyline lines, read from the end of the file (it grows by a line a cycle)."""
@@ -164,7 +165,7 @@ class Workspace:
         sections = self._workpad_sections()
         sections[section] += f"\n### cycle {cycle}\n{escape_headings(text.strip())}\n"
         body = "".join(f"## {name}\n{content}\n" for name, content in sections.items())
-        atomic_write_text(self.workpad_path, "# Workpad\n\n" + body)
+        atomic_write_text(self.workpad_path, redact("# Workpad\n\n" + body))
 
     def workpad_tail(self, chars: int, section: WorkpadSection | None = None) -> str:
         """The latest `chars` characters of one section, or of each section sharing `chars`."""
@@ -197,7 +198,7 @@ class Workspace:
         new = not self.mentor_notes_path.exists()
         with self.mentor_notes_path.open("a", encoding="utf-8") as handle:
             handle.write(("# Mentor notes\n" if new else "") + f"\n### cycle {cycle}\n")
-            handle.write(escape_headings(text.strip()) + "\n")
+            handle.write(redact(escape_headings(text.strip())) + "\n")
 
     def mentor_notes_tail(self, chars: int) -> str:
         """The latest `chars` characters of the mentor notes."""

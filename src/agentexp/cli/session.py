@@ -44,10 +44,11 @@ def build_loop(cfg: LoopConfig):
     launcher = LocalLauncher(cfg.executor.stop_grace_s)
     stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
     trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale)
-    worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks)
+    worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks, retry=cfg.llm.retry)
     mentor = None
     if cfg.mentor.enabled:
-        mentor = Mentor(build_backend(cfg.mentor.llm or cfg.llm, ws.root), mission, cfg.mentor)
+        mentor_llm = cfg.mentor.llm or cfg.llm
+        mentor = Mentor(build_backend(mentor_llm, ws.root), mission, cfg.mentor, retry=mentor_llm.retry)
     finisher = Finisher(ws, tracking.Source(uri, experiment, mission.summary_key, mission.direction))
     return Loop(cfg, mission, ws, tracker, trainings, worker, mentor, finisher)
 

@@ -15,6 +15,7 @@ from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from agentexp.redact import redact_data
 from agentexp.tracking.names import KIND, MAX_TAG, sqlite_path
 
 
@@ -204,7 +205,8 @@ def artifact_paths(uri: str, run_id: str, folder: str) -> set[str]:
 
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
-    """Set (or overwrite) tags on a run in one batch."""
+    """Set (or overwrite) tags on a run in one batch (secrets redacted)."""
+    tags = redact_data(tags)
     MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:MAX_TAG]) for k, v in tags.items()])
 
 

@@ -14,6 +14,7 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from agentexp.redact import redact_data
 from agentexp.tracking.names import (
     CYCLE,
     CYCLE_TRACE_ID,
@@ -99,7 +100,9 @@ class Tracker:
         tags: dict[str, str],
         texts: dict[str, str],
     ) -> None:
-        """Log a decision run's record in one batch and its texts as artifacts; end_run ends it later."""
+        """Log a decision run's record in one batch and its texts as artifacts (secrets redacted from all of
+        it); end_run ends it later."""
+        params, tags, texts = redact_data(params), redact_data(tags), redact_data(texts)
         self._log_params(run_id, params)
         now = int(time.time() * 1000)
         self.client.log_batch(

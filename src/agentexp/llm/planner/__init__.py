@@ -29,7 +29,8 @@ class PlannerBackend:
             raise LLMError(str(err)) from err
         self.planner = Planner(space, cfg.n_startup_trials, cfg.seed)
 
-    def decide(self, request: LLMRequest) -> LLMResponse:
+    def decide(self, request: LLMRequest, should_stop=None) -> LLMResponse:
+        """One answer, computed at once (offline: nothing to cancel, so `should_stop` is not consulted)."""
         start = time.perf_counter()
         try:
             ctx = PlannerContext.model_validate(request.context)
