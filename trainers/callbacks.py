@@ -11,15 +11,11 @@ from agentexp import tracking
 
 
 class PrepareTrackingStore(Callback):
-    """Create the MLflow schema and experiment once, before any job: parallel jobs then cannot race on it."""
+    """Create the MLflow schema and experiment once before a multirun's jobs, which then find them ready.
 
-    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
+    A single run prepares the store in `train()`; `tracking.prepare_store` serialises independent processes.
+    """
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        self._prepare(config)
-
-    @staticmethod
-    def _prepare(config: DictConfig) -> None:
         uri = tracking.resolve_uri(config.tracking.uri)
         tracking.ensure_store(uri, tracking.resolve_experiment(config.tracking.experiment))

@@ -209,6 +209,7 @@ def ui(
 ) -> None:
     """Serve the MLflow UI over the loop's store on 127.0.0.1 and print each experiment's runs page."""
     store = tracking.resolve_uri(uri)
+    tracking.prepare_store(store)  # the server would migrate a new store while a training does the same
     for name, experiment_id in tracking.experiments(store).items():
         typer.echo(f"{name}: {tracking.runs_page(experiment_id, port)}")
     from agentexp.server import run_mlflow_server

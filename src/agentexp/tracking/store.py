@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from unittest import mock
 
+from filelock import FileLock
 from mlflow.entities import RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -19,17 +20,29 @@ from agentexp.redact import redact_data
 from agentexp.tracking.names import KIND, MAX_TAG, sqlite_path
 
 
+def prepare_store(uri: str) -> MlflowClient:
+    """A client on the store, created and migrated first where it is new; return the client.
+
+    MLflow migrates a new sqlite file on first use, and two processes doing so at once break it for good
+    (`_alembic_tmp_... already exists`): the first holds `<db>.lock` while it migrates, the others wait and
+    then find the schema current. MLflow keeps one store per URI and process, so later clients reuse it.
+    """
+    db = sqlite_path(uri)
+    if db is None:
+        return MlflowClient(uri)
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{db}.lock"):
+        return MlflowClient(uri)  # builds the store: creates the tables and runs the migrations
+
+
 def ensure_store(uri: str, experiment: str) -> str:
-    """Create the store (schema migrations run here, once) and the experiment; return its id.
+    """Prepare the store and create the experiment; return its id.
 
     Artifacts of a sqlite store live beside the database, never relative to the working dir.
     """
+    client = prepare_store(uri)
     db = sqlite_path(uri)
-    artifact_location = None
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
-        artifact_location = (db.parent / "artifacts" / experiment).as_uri()
-    client = MlflowClient(uri)
+    artifact_location = (db.parent / "artifacts" / experiment).as_uri() if db is not None else None
     found = client.get_experiment_by_name(experiment)
     if found is not None:
         return found.experiment_id
@@ -55,7 +68,7 @@ def find_experiment(uri: str, experiment: str) -> str | None:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         return None
-    found = MlflowClient(uri).get_experiment_by_name(experiment)
+    found = prepare_store(uri).get_experiment_by_name(experiment)  # the file may be new and unmigrated
     return found.experiment_id if found is not None else None
 
 
@@ -171,7 +184,7 @@ def get_run(uri: str, run_id: str) -> dict | None:
     db = sqlite_path(uri)
     if db is not None and not db.exists():
         return None
-    client = MlflowClient(uri)
+    client = prepare_store(uri)
     try:
         run = client.get_run(run_id)
     except MlflowException:
