@@ -78,6 +78,7 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "runs",
         "active_runs",
         "max_concurrent",
+        "code",
         "leaderboard",
         "signals",
         "history",

@@ -30,7 +30,7 @@ from trainers.model import Classifier
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_PREFIX = "agentexp-summary: "
 LIBRARIES = ("torch", "torchvision", "timm", "lightning", "mlflow", "agentexp")
-RUN_KINDS = ("train", "audit")
+RUN_KINDS = ("train", "audit", "preflight")
 """Kinds a training run may be tagged with; leaderboards only read `train`."""
 
 
@@ -145,6 +145,11 @@ def _run_tags(
         tags |= {tracking.GIT_COMMIT: git.commit, tracking.GIT_DIRTY: str(git.dirty).lower()}
     if trace_id := os.environ.get(tracking.ENV_TRACE):
         tags[tracking.CYCLE_TRACE_ID] = trace_id
+    if commit := os.environ.get(tracking.ENV_CODE_COMMIT):  # a code experiment's, or the incumbent's, code
+        tags |= {
+            tracking.CODE_COMMIT: commit,
+            tracking.CODE_BRANCH: os.environ.get(tracking.ENV_CODE_BRANCH, ""),
+        }
     if git.dirty:
         tags[tracking.GIT_DIFF_ARTIFACT] = "provenance/git_diff.patch"
     return tags

@@ -16,8 +16,10 @@ from pathlib import Path
 import yaml
 
 from agentexp import tracking
+from agentexp.codebase import CodeConfig
 from agentexp.launchers.base import LaunchSpec, training_argv, training_env
 from agentexp.launchers.local import LocalLauncher
+from agentexp.launchers.sandbox import Sandbox, store_paths
 from agentexp.provenance import source_tree
 from agentexp.trainings import run_to_end
 
@@ -127,7 +129,9 @@ def reproduce(uri: str, run_id: str, repo_dir: Path, tolerance: float, python: s
         diff = tracking.read_text_artifact(uri, run_id, tags.get(tracking.GIT_DIFF_ARTIFACT, DIFF))
     overrides = json.loads(tags[tracking.OVERRIDES]) + [f"trainer.seed={seed}"]
     with source_tree(repo_dir, commit, diff) as (tree, where):
-        audit_id = _rerun(python, tree, uri, run["experiment"], overrides, of=run_id)
+        audit_id = _rerun(
+            python, tree, uri, run["experiment"], overrides, of=run_id, code=tags.get(tracking.CODE_COMMIT)
+        )
     rerun = tracking.get_run(uri, audit_id)
     differences = _config_differences(recorded, tracking.read_text_artifact(uri, audit_id, RESOLVED))
     if (again := rerun["tags"].get(tracking.GIT_COMMIT)) != commit:
@@ -163,16 +167,28 @@ def _flat(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _rerun(python: str, tree: Path, uri: str, experiment: str, overrides: list[str], of: str) -> str:
-    """Run the trainer of `tree` to its end as an audit run; its run id."""
+def _rerun(
+    python: str, tree: Path, uri: str, experiment: str, overrides: list[str], of: str, code: str | None
+) -> str:
+    """Run the trainer of `tree` to its end as an audit run; its run id. A code experiment's training
+    (`code`: its commit) reruns in the same sandbox it ran in."""
     tmp = Path(tempfile.mkdtemp(prefix="agentexp-reproduce-")).resolve()
     run_dir, label = tmp / "run", f"audit-{of[:8]}"
+    env = training_env(uri, experiment, kind="audit", code_dir=tree)
+    box = None
+    if code is not None:
+        env[tracking.ENV_CODE_COMMIT] = code
+        limits = CodeConfig()
+        box = Sandbox(
+            writable=[run_dir, *store_paths(uri)], memory_gb=limits.memory_gb, cpu_time_s=limits.cpu_time_s
+        )
     spec = LaunchSpec(
         run_label=label,
         argv=training_argv(python, "trainers.train", overrides, label, run_dir, code_dir=tree),
-        env=training_env(uri, experiment, kind="audit", code_dir=tree),
+        env=env,
         log_path=tmp / "rerun.log",
         run_dir=run_dir,
+        sandbox=box,
     )
     try:
         outcome = run_to_end(LocalLauncher(stop_grace_s=30.0), spec)

@@ -11,6 +11,7 @@ from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from agentexp.agents.mentor import MentorConfig
+from agentexp.codebase import CodeConfig
 from agentexp.gate import GateConfig, fit_space
 from agentexp.llm.base import LLMConfig, PlannerConfig
 from agentexp.repair import RepairConfig
@@ -68,6 +69,7 @@ class LoopConfig(_Strict):
     executor: ExecutorConfig
     tracking: TrackingSection
     repair: RepairConfig = RepairConfig()
+    code: CodeConfig = CodeConfig()
 
 
 def check_options(overrides: list[str], conf_dir: Path) -> None:

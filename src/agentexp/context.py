@@ -169,6 +169,7 @@ def build(
     failed_log_tail: str = "",
     decision: dict[str, Any] | None = None,
     max_concurrent: int = 1,
+    code: dict[str, Any] | None = None,
 ) -> Context:
     """Assemble the context of `cycle` from the workspace, the runs (tracking.run_table rows, newest last,
     or the loop's RunView of them) and the history."""
@@ -182,6 +183,7 @@ def build(
         "runs": list(view.dumped),
         "active_runs": list(active_runs),
         "max_concurrent": max_concurrent,
+        "code": code or {"enabled": False},
         "leaderboard": board,
         "signals": signals.model_dump(),
         "history": [s.model_dump() for s in recent],

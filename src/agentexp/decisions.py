@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+MAX_PATCH_CHARS = 100_000
+"""A patch longer than this is not a recipe change (the gate's line cap is tighter still)."""
 MAX_NEW_TODOS = 2
 """TODOs a single decision may add; extra items are cut, not rejected."""
 
@@ -61,6 +63,8 @@ class WorkerDecision(_Strict):
     """What kind of change this is; required for train."""
     housekeeping: Housekeeping = Housekeeping()
     """Notes, data exploration and TODO updates."""
+    patch: str | None = Field(None, max_length=MAX_PATCH_CHARS)
+    """train only: a unified diff (git apply format) against the incumbent's editable recipe files."""
 
     @field_validator("monitor_seconds", mode="before")
     @classmethod
@@ -73,6 +77,8 @@ class WorkerDecision(_Strict):
             raise ValueError("a train decision needs a run_label")
         if self.action == Action.TRAIN and self.strategy_dimension is None:
             raise ValueError("a train decision needs a strategy_dimension")
+        if self.patch is not None and self.action != Action.TRAIN:
+            raise ValueError("only a train decision may carry a patch")
         return self
 
 

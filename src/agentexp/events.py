@@ -7,6 +7,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from agentexp.codebase import Experiment
 from agentexp.decisions import MentorReview, WorkerDecision
 from agentexp.launchers.base import ActiveRun, RunOutcome
 from agentexp.repair import Failure, Repair
@@ -49,6 +50,12 @@ class LaunchIntent(BaseModel):
     run_dir: Path
     decision: WorkerDecision | None = None
     """The decision that launched it (None for a repair retry): a restart completes the cycle with it."""
+    code_dir: Path | None = None
+    """The code tree it runs (a code experiment's or the incumbent's worktree); None: the checkout."""
+    experiment: Experiment | None = None
+    """The code experiment it trains (judged keep or discard when it ends)."""
+    confirms: bool = False
+    """A confirmation run of that experiment with another seed."""
 
 
 class Launch(_Event):
@@ -66,6 +73,16 @@ class RunEnd(_Event):
     run: RunOutcome
     run_dir: Path | None = None
     """The run's unique folder: which launch ended."""
+
+
+class CodeOutcome(_Event):
+    """A code experiment judged: kept (the incumbent moved to it), discarded, failed, or confirming."""
+
+    event: Literal["code_outcome"] = "code_outcome"
+    run_label: str
+    outcome: Literal["kept", "discarded", "failed", "confirming"]
+    commit: str
+    why: str
 
 
 class MentorRecord(BaseModel):
@@ -132,7 +149,8 @@ Event = Annotated[
     | AutoRepair
     | RetryOutcome
     | StaleOrphan
-    | FinishUpDone,
+    | FinishUpDone
+    | CodeOutcome,
     Field(discriminator="event"),
 ]
 EVENT: TypeAdapter[Event] = TypeAdapter(Event)

@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 
 from pydantic import ValidationError
 
-from agentexp import finishup, tracking
+from agentexp import finishup, ranking, tracking
 from agentexp.agents.worker import WorkerResult
 from agentexp.decisions import Action, WorkerDecision
 from agentexp.events import FinishUpDone
@@ -191,7 +191,7 @@ class Finisher:
             experiment_id,
             "train",
             metrics=(self.src.metric,),
-            tags=(tracking.OVERRIDES, tracking.SEED),
+            tags=(*ranking.KEY_TAGS, tracking.SEED),
         )
         f.round += 1
         f.pending = finishup.seed_plan(

@@ -197,10 +197,10 @@ def seed_plan(
     """
     by_config: dict[tuple[str, ...], list[dict]] = {}
     for row in runs:
-        by_config.setdefault(_config_key(row), []).append(row)
+        by_config.setdefault(ranking.config_key(row), []).append(row)
     plan = []
     for entry in ranking.rank(runs, metric, direction, top_k):
-        rows = by_config.get(tuple(sorted(entry.overrides)), [])
+        rows = by_config[ranking.config_key(next(r for r in runs if r["run_id"] == entry.run_id))]
         have = sum(r["status"] == "RUNNING" for r in rows) + entry.n
         used = {_seed(r) for r in rows}
         seeds = _new_seeds(used, seeds_per_candidate - have)
@@ -223,10 +223,6 @@ def seed_plan(
 def fits(planned: PlannedRun, now: datetime, deadline: datetime) -> bool:
     """Whether the run is expected to end before the deadline (an unknown duration is given the chance)."""
     return now + timedelta(seconds=planned.estimate_s or 0) <= deadline
-
-
-def _config_key(row: dict) -> tuple[str, ...]:
-    return tuple(sorted(ranking.config_of(ranking.overrides_of(row))))
 
 
 def _seed(row: dict) -> int | None:

@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import unidiff
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -17,6 +18,7 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
+from agentexp.codebase import CodeConfig
 from agentexp.decisions import Action, WorkerDecision
 from trainers.config import CONF_DIR, UserError, from_hydra
 
@@ -268,3 +270,54 @@ def _inside(value: str, data_root: Path | None) -> bool:
     # (the workspace's `data` link) is trusted. Relative paths resolve as the trainer sees them: from the cwd.
     root = Path(os.path.abspath(data_root or "."))
     return Path(os.path.abspath(value)).is_relative_to(root)
+
+
+_FORBIDDEN = re.compile(
+    r"\b(mlflow|agentexp|subprocess|socket)\b|os\.environ|\bgetenv\b|\btrainers\.(?!recipe\b)\w+"
+)
+"""Names an added recipe line may not use (defence in depth: the sandbox is the guarantee)."""
+_SYMLINK = re.compile(r"^(new file mode|new mode) 120000$", re.MULTILINE)
+
+
+def check_patch(patch: str, cfg: CodeConfig) -> list[str]:
+    """Why a patch may not run ([] when the text itself is fine): parse, paths, size, binary, symlinks,
+    names its added lines use. Whether it applies and compiles is checked on the incumbent (codebase.py)."""
+    try:
+        files = unidiff.PatchSet(patch)
+    except unidiff.UnidiffParseError as err:
+        return [f"The patch is not a unified diff: {str(err)[:200]}."]
+    if not files:
+        return ["The patch changes no file."]
+    violations, lines = [], 0
+    for f in files:
+        paths = {_strip(f.source_file), _strip(f.target_file)} - {None}
+        bad = [p for p in paths if p.startswith("/") or ".." in p.split("/")]
+        outside = [p for p in paths if p not in bad and not cfg.allows(p)]
+        if bad:
+            violations.append(f"The patch names {bad[0]}: paths must be relative, without '..'.")
+        elif outside:
+            violations.append(
+                f"The patch touches {outside[0]}, outside code.editable ({', '.join(cfg.editable)})."
+            )
+        if f.is_binary_file:
+            violations.append(f"The patch has a binary change to {f.path}.")
+        if _SYMLINK.search(str(f.patch_info)):
+            violations.append(f"The patch makes {f.path} a symlink.")
+        added = [line.value for hunk in f for line in hunk if line.is_added]
+        lines += len(added) + sum(line.is_removed for hunk in f for line in hunk)
+        if used := {m.group(0) for line in added for m in _FORBIDDEN.finditer(line)}:
+            violations.append(
+                f"The patch's new lines in {f.path} use {', '.join(sorted(used))}, which a recipe may not."
+            )
+    if lines > cfg.max_patch_lines:
+        violations.append(
+            f"The patch changes {lines} lines; at most {cfg.max_patch_lines} (code.max_patch_lines)."
+        )
+    return violations
+
+
+def _strip(name: str | None) -> str | None:
+    """A diff header's file name without its a/ or b/ prefix (None for /dev/null)."""
+    if not name or name == "/dev/null":
+        return None
+    return name[2:] if name[:2] in ("a/", "b/") else name

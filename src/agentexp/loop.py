@@ -6,7 +6,6 @@ import logging
 import time
 
 from agentexp import budget, context, gate, record, resume, signals
-from agentexp.agents import CallRecord
 from agentexp.agents.mentor import Mentor, apply_review
 from agentexp.agents.worker import Worker
 from agentexp.config import LoopConfig
@@ -107,13 +106,11 @@ class Loop:
         history = self.history[-HISTORY_WINDOW:]
         sig = signals.compute(history, len(self.todos.open_items()), self.mission.direction)
         ctx = self._context(number, sig)
-        stop = self.ws.stop_requested  # a stop request cancels an LLM call in flight: the cycle waits
-        result = self.finisher.decide(self.trainings.free_slots(), self.clock()) or self.worker.decide(
-            ctx, stop
-        )
+        seed_run = self.finisher.decide(self.trainings.free_slots(), self.clock())
+        result = seed_run or self.worker.decide(ctx, self.ws.stop_requested)  # a stop cancels the call
         cycle = Cycle(number, trace, sig, result.decision or _wait(result.error), result.calls, result.error)
         cycle.ended, cycle.planned = ended, getattr(result, "planned", None)
-        self._count_calls(state, cycle.calls)
+        record.count_calls(state, cycle.calls)
         self._review(state, cycle, ctx)
         self._gate(cycle)
         run_id = self.tracker.start_decision(state.loop_run_id, number, trace)
@@ -145,11 +142,8 @@ class Loop:
             deadline=self.finisher.deadline(self.clock()),
             failed_log_tail=self.failure_tail,
             max_concurrent=self.cfg.executor.max_concurrent,
+            code=self.trainings.code.prompt_view(),
         )
-
-    def _count_calls(self, state: State, calls: list[CallRecord]) -> None:
-        state.llm_calls += len(calls)
-        state.cost_usd += sum(c.usage.cost_usd for c in calls)
 
     def _review(self, state: State, cycle: Cycle, ctx: context.Context) -> None:
         if self.mentor is None or cycle.planned:
@@ -160,21 +154,24 @@ class Loop:
             return
         ctx.structured["decision"] = cycle.decision.model_dump(mode="json")
         cycle.mentor = self.mentor.review(cycle.decision, ctx, trigger, should_stop=self.ws.stop_requested)
-        self._count_calls(state, cycle.mentor.calls)
+        record.count_calls(state, cycle.mentor.calls)
         self.new_evidence = False
-        if cycle.mentor.review is not None:
-            cycle.decision, cycle.replaced = apply_review(
-                cycle.decision, cycle.mentor.review, self.cfg.mentor
-            )
+        cycle.decision, cycle.replaced = apply_review(cycle.decision, cycle.mentor.review, self.cfg.mentor)
 
     def _gate(self, cycle: Cycle) -> None:
         if cycle.planned:  # a configuration that already ran, launched as recorded
             return
-        decision = cycle.decision
+        decision, cycle.patch = cycle.decision, cycle.decision.patch
         violations = gate.check(decision, self.cfg.gate).violations
         violations += self.finisher.refusals(decision.action, self.clock())
+        overrides = self._train_overrides(decision)
         if decision.action == Action.TRAIN and not violations:
-            violations = gate.launchable(self._train_overrides(decision), self.trainings.free_slots())
+            violations = gate.launchable(overrides, self.trainings.free_slots())
+        if decision.patch is not None and not violations:  # the patch's own gate, commit and preflight
+            cycle.experiment, violations, tail = self.trainings.vet(
+                decision, cycle.number, cycle.trace_id, overrides
+            )
+            self.failure_tail = tail or self.failure_tail
         if violations:
             cycle.violations, cycle.outcome = violations, "downgraded"
             cycle.decision = gate.downgrade(decision, gate.Verdict(passed=False, violations=violations))
@@ -186,8 +183,10 @@ class Loop:
         decision = cycle.decision
         if decision.action == Action.TRAIN:
             overrides = cycle.planned.overrides if cycle.planned else self._train_overrides(decision)
-            label, number, trace = decision.run_label, cycle.number, cycle.trace_id
-            failed = self.trainings.launch(label, overrides, number, trace, decision_run_id, decision)
+            label, number, trace, exp = decision.run_label, cycle.number, cycle.trace_id, cycle.experiment
+            failed = self.trainings.launch(
+                label, overrides, number, trace, decision_run_id, decision, experiment=exp
+            )
             cycle.ended += self._ended([failed] if failed else [])
             cycle.launched, cycle.outcome = label, "launched"
         elif decision.action == Action.ANALYZE:

@@ -13,6 +13,8 @@ from agentexp import tracking
 NOT_CONFIG = ("run_label", "trainer.seed")
 """Override keys that never tell two configurations apart (with hydra.*)."""
 WALL_TIME = "wall_time_s"
+KEY_TAGS = (tracking.OVERRIDES, tracking.CODE_COMMIT)
+"""The tags that say which configuration a run is (what a ranking query must read)."""
 
 
 class Entry(BaseModel):
@@ -75,6 +77,13 @@ def config_of(overrides: list[str]) -> list[str]:
     return keep
 
 
+def config_key(row: dict) -> tuple[str, ...]:
+    """What makes two runs one configuration: their overrides (seed and label aside) and the code they ran."""
+    key = tuple(sorted(config_of(overrides_of(row))))
+    code = row["tags"].get(tracking.CODE_COMMIT)
+    return (*key, f"code={code[:12]}") if code else key
+
+
 def finished(rows: list[dict], metric: str) -> list[dict]:
     """FINISHED runs with a finite summary metric; failed, killed and running ones are left out."""
     return [
@@ -92,7 +101,7 @@ def order(rows: list[dict], metric: str, direction: str) -> tuple[list[list[dict
     finished runs (oldest first). Also the overrides every configuration shares."""
     groups: dict[tuple[str, ...], list[dict]] = {}
     for row in sorted(finished(rows, metric), key=lambda r: (r["start_time"] or 0, r["run_id"])):
-        groups.setdefault(tuple(sorted(config_of(overrides_of(row)))), []).append(row)
+        groups.setdefault(config_key(row), []).append(row)
     common = set.intersection(*(set(g) for g in groups)) if len(groups) > 1 else set()
     key = better(direction)
     ordered = sorted(

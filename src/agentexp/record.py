@@ -5,8 +5,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
+import unidiff
+
+from agentexp import tracking
 from agentexp.agents import CallRecord
 from agentexp.agents.mentor import MentorResult, review_todo
+from agentexp.codebase import Experiment
 from agentexp.config import LoopConfig
 from agentexp.decisions import WorkerDecision
 from agentexp.events import CycleEnd, Launch, MentorRecord
@@ -36,6 +40,10 @@ class Cycle:
     outcome: str = "waited"
     planned: PlannedRun | None = None
     """A finish-up seed run the loop launches itself: no LLM, mentor or gate."""
+    patch: str | None = None
+    """The decision's patch as proposed (kept when the gate downgrades the decision)."""
+    experiment: Experiment | None = None
+    """The code experiment the patch became."""
 
 
 def summary(cycle: Cycle, direction: str) -> CycleSummary:
@@ -55,6 +63,12 @@ def summary(cycle: Cycle, direction: str) -> CycleSummary:
         outcome=outcome,
         metric=better(metrics) if metrics else None,
     )
+
+
+def count_calls(state: State, calls: list[CallRecord]) -> None:
+    """The LLM-call and cost budgets' counters."""
+    state.llm_calls += len(calls)
+    state.cost_usd += sum(c.usage.cost_usd for c in calls)
 
 
 def mentor_record(cycle: Cycle) -> MentorRecord:
@@ -102,12 +116,22 @@ def decision_record(cfg: LoopConfig, cycle: Cycle) -> tuple[dict, dict, dict, di
         "reasks": max(0, len(cycle.calls) - 1),
         "gate_violations": len(cycle.violations),
     }
+    texts = {"decision.json": d.model_dump_json(indent=2)}
     tags = {"agentexp.outcome": cycle.outcome}
+    if cycle.patch is not None:
+        params |= diffstat(cycle.patch)
+        texts["code/patch.diff"] = cycle.patch
+        if cycle.experiment is None:
+            tags[tracking.CODE_OUTCOME] = "rejected"
+        else:
+            tags |= {
+                tracking.CODE_COMMIT: cycle.experiment.commit,
+                tracking.CODE_BRANCH: cycle.experiment.branch,
+            }
     if cycle.violations:
         tags["agentexp.gate.violations"] = "; ".join(cycle.violations)
     if cycle.worker_error:
         tags["agentexp.worker_error"] = cycle.worker_error
-    texts = {"decision.json": d.model_dump_json(indent=2)}
     if cycle.calls:
         texts["prompt.md"] = cycle.calls[-1].prompt
         texts["raw_response.txt"] = "\n\n---\n\n".join(c.raw for c in cycle.calls)
@@ -116,6 +140,20 @@ def decision_record(cfg: LoopConfig, cycle: Cycle) -> tuple[dict, dict, dict, di
         if cycle.mentor.calls:
             texts["mentor_prompt.md"] = cycle.mentor.calls[-1].prompt
     return params, metrics, tags, texts
+
+
+def diffstat(patch: str) -> dict[str, int | str]:
+    """A patch's size as decision-run params: files, added and removed lines."""
+    try:
+        files = unidiff.PatchSet(patch)
+    except unidiff.UnidiffParseError:
+        return {"code.files": "unparseable"}
+    added, removed = sum(f.added for f in files), sum(f.removed for f in files)
+    return {
+        "code.files": ", ".join(f.path for f in files)[:500],
+        "code.added": added,
+        "code.removed": removed,
+    }
 
 
 def recovered(launch: Launch) -> tuple[CycleSummary, str, tuple[dict, dict, dict, dict]]:

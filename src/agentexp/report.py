@@ -19,7 +19,7 @@ ARTIFACT_PATH = "report"
 """Where the files go on the newest loop run."""
 TRAIN_PARAMS = ("model.name", "trainer.epochs", "data.kind", "data.image_size")
 TRAIN_TAGS = (
-    tracking.OVERRIDES,
+    *ranking.KEY_TAGS,
     tracking.CYCLE_TRACE_ID,
     tracking.PARENT_RUN_ID,
     tracking.SEED,
@@ -64,7 +64,7 @@ def leaderboard(src: Source, k: int) -> list[Entry]:
     """The top k configurations: rank on the metric and overrides of every training run, then read the
     rest of the record for the chosen runs only."""
     experiment_id = _experiment_id(src)
-    light = tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), (tracking.OVERRIDES,))
+    light = tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), ranking.KEY_TAGS)
     ordered, common = ranking.order(light, src.metric, src.direction)
     if not ordered:
         raise _nothing(src, len(light))

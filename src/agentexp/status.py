@@ -86,7 +86,7 @@ def _active(runs: list[dict]) -> Table:
 def _top(src: tracking.Source) -> Table | Text:
     experiment_id = tracking.find_experiment(src.uri, src.experiment)
     rows = (
-        tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), (tracking.OVERRIDES,))
+        tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), ranking.KEY_TAGS)
         if experiment_id
         else []
     )

@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentexp import repair, tracking
+from agentexp.codebase import Experiment
 from agentexp.decisions import WorkerDecision
 from agentexp.events import (
     AutoRepair,
@@ -24,6 +25,7 @@ from agentexp.events import (
     RunEnd,
     StaleOrphan,
 )
+from agentexp.experiments import Experiments
 from agentexp.launchers.base import (
     LAUNCH_PREFIX,
     ActiveRun,
@@ -96,9 +98,10 @@ class Trainings:
         tracker: tracking.Tracker,
         stale_after_cycles: int = 5,
         stop_stale: bool = False,
+        code: Experiments | None = None,
     ) -> None:
         self.ws, self.launcher, self.cfg, self.repair_cfg = workspace, launcher, cfg, repair_cfg
-        self.tracker = tracker
+        self.tracker, self.code = tracker, code
         self.stale_after_cycles, self.stop_stale = stale_after_cycles, stop_stale
         self.active: list[ActiveRun] = []
         self.launched = 0
@@ -115,33 +118,51 @@ class Trainings:
         parent_run_id: str | None,
         decision: WorkerDecision | None = None,
         attempt: int = 1,
+        experiment: Experiment | None = None,
+        confirms: bool = False,
     ) -> RunOutcome | None:
-        """Start a training; None when it runs, else how it failed to start (recorded as its run_end)."""
-        run_dir = (
-            self.ws.root.resolve()
-            / "runs"
-            / (f"{run_label}-{trace}" + (f"-a{attempt}" if attempt > 1 else ""))
-        )
+        """Start a training (of a code experiment's commit, else of the incumbent's code); None when it
+        runs, else how it failed to start (recorded as its run_end)."""
+        name = f"{run_label}-{trace}" + (f"-a{attempt}" if attempt > 1 else "")
+        code = {"code_dir": self.code.code_dir(experiment) if self.code else None, "experiment": experiment}
         intent = LaunchIntent(
             run_label=run_label,
             attempt=attempt,
             overrides=list(overrides),
             parent_run_id=parent_run_id,
-            run_dir=run_dir,
+            run_dir=self.ws.root.resolve() / "runs" / name,
             decision=decision,
+            confirms=confirms,
+            **code,
         )
         self.ws.append_event(Launch(cycle=cycle, cycle_trace_id=trace, run=intent))
         return self._start(intent, cycle, trace)
 
-    def _spec(self, intent: LaunchIntent, trace: str) -> LaunchSpec:
-        python = self.cfg.python_exe or sys.executable
+    def _spec(
+        self, intent: LaunchIntent, trace: str, kind: str | None = None, log_name: str = ""
+    ) -> LaunchSpec:
+        python, code = self.cfg.python_exe or sys.executable, intent.code_dir
         argv = training_argv(
-            python, self.cfg.trainer_module, intent.overrides, intent.run_label, intent.run_dir
+            python, self.cfg.trainer_module, intent.overrides, intent.run_label, intent.run_dir, code
         )
-        env = training_env(self.tracker.uri, self.tracker.experiment, trace, intent.parent_run_id)
-        log_path = self.ws.create().log_path(intent.run_label)
+        env = training_env(self.tracker.uri, self.tracker.experiment, trace, intent.parent_run_id, kind, code)
+        if code is not None:  # the trainer tags which code it ran
+            exp = intent.experiment
+            env[tracking.ENV_CODE_COMMIT] = exp.commit if exp else self.code.codebase.incumbent()
+            env[tracking.ENV_CODE_BRANCH] = exp.branch if exp else self.code.codebase.best
+        box = (
+            self.code.box(intent.run_dir, self.tracker.uri)
+            if self.code and self.code.sandboxed(code)
+            else None
+        )
+        log_path = self.ws.create().log_path(log_name or intent.run_label)
         return LaunchSpec(
-            run_label=intent.run_label, argv=argv, env=env, log_path=log_path, run_dir=intent.run_dir
+            run_label=intent.run_label,
+            argv=argv,
+            env=env,
+            log_path=log_path,
+            run_dir=intent.run_dir,
+            sandbox=box,
         )
 
     def _start(self, intent: LaunchIntent, cycle: int, trace: str) -> RunOutcome | None:
@@ -256,8 +277,41 @@ class Trainings:
             outcomes.append(outcome)
         self.tracker.invalidate()
         for (run, _), outcome in zip(pairs, outcomes, strict=True):
+            if run.experiment is not None and self.code is not None:
+                self._code_end(run, outcome)
             self._repair(run, outcome)
         return outcomes
+
+    # code experiments -----------------------------------------------------------------------------
+
+    def vet(self, decision: WorkerDecision, cycle: int, trace: str, overrides: list[str]):
+        """A decision's patch made into a preflighted experiment (see Experiments.vet)."""
+        return self.code.vet(decision, cycle, trace, overrides, self.preflight)
+
+    def preflight(self, label: str, overrides: list[str], trace: str, exp: Experiment) -> RunOutcome | None:
+        """One train and one validation batch of the experiment, sandboxed; its outcome when it did not
+        finish (a crash here costs seconds, not a run), else None."""
+        intent = self.code.preflight_intent(label, overrides, trace, exp, self.ws.root.resolve() / "runs")
+        outcome = run_to_end(self.launcher, self._spec(intent, trace, "preflight", f"{label}.preflight"))
+        return None if outcome.status == "finished" else outcome
+
+    def _code_end(self, run: ActiveRun, outcome: RunOutcome) -> None:
+        """Judge a code experiment's training: kept, discarded, or a confirmation run with another seed."""
+        event, tags, confirm = self.code.end(run, outcome, self.tracker.training_runs())
+        self.ws.append_event(event)
+        if outcome.mlflow_run_id:
+            tracking.set_tags(self.tracker.uri, outcome.mlflow_run_id, tags)
+        if confirm is not None:
+            label = f"{run.run_label}-confirm"[:80]
+            self.launch(
+                label,
+                confirm,
+                run.cycle,
+                run.cycle_trace_id,
+                run.parent_run_id,
+                experiment=run.experiment,
+                confirms=True,
+            )
 
     # the single repair retry ---------------------------------------------------------------------
 

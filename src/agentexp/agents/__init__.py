@@ -103,6 +103,7 @@ def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
         "signals": structured["signals"],
         "history": structured["history"],
         "active_runs": structured["active_runs"],
+        "code": structured["code"],
         "recent_runs": structured["runs"][-RECENT_RUNS:],
         "leaderboard": context.leaderboard,
         "todo_focus": context.todo_focus,

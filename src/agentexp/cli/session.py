@@ -29,6 +29,7 @@ def build_loop(cfg: LoopConfig):
     from agentexp.agents.mentor import Mentor
     from agentexp.agents.worker import Worker
     from agentexp.config import MISSIONS_DIR
+    from agentexp.experiments import Experiments, open_codebase
     from agentexp.finisher import Finisher
     from agentexp.launchers.local import LocalLauncher
     from agentexp.llm import build_backend
@@ -43,7 +44,9 @@ def build_loop(cfg: LoopConfig):
     tracker = tracking.Tracker(uri, experiment)
     launcher = LocalLauncher(cfg.executor.stop_grace_s)
     stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
-    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale)
+    codebase = open_codebase(cfg.code, mission.name, ws.root)
+    code = Experiments(cfg.code, codebase, mission.summary_key, mission.direction)
+    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code)
     worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks, retry=cfg.llm.retry)
     mentor = None
     if cfg.mentor.enabled:

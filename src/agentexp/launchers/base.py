@@ -12,6 +12,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentexp import tracking
+from agentexp.codebase import Experiment
+from agentexp.launchers.sandbox import Sandbox
 
 SUMMARY_PREFIX = "agentexp-summary:"
 """The trainer's last line on success: this prefix, then the summary as JSON."""
@@ -45,6 +47,8 @@ class LaunchSpec(_Strict):
     """Receives stdout and stderr (appended)."""
     run_dir: Path
     """The run's unique folder (hydra.run.dir): also how a process started just before a crash is found."""
+    sandbox: Sandbox | None = None
+    """Run inside this sandbox (a code experiment), else as a plain process."""
 
 
 class Handle(_Strict):
@@ -80,6 +84,12 @@ class ActiveRun(_Strict):
     """Hydra overrides the trainer was started with."""
     parent_run_id: str | None = None
     """MLflow run id of the decision that launched it (an auto-repair retry is nested there too)."""
+    code_dir: Path | None = None
+    """The code tree it runs; None: the checkout."""
+    experiment: Experiment | None = None
+    """The code experiment it trains."""
+    confirms: bool = False
+    """A confirmation run of that experiment."""
 
     @property
     def pid(self) -> int:

@@ -12,6 +12,7 @@ import time
 import psutil
 
 from agentexp.launchers.base import ActiveRun, Handle, LauncherError, LaunchSpec, RunOutcome, judge
+from agentexp.launchers.sandbox import wrap
 
 log = logging.getLogger(__name__)
 
@@ -35,14 +36,15 @@ class LocalLauncher:
 
     def start(self, spec: LaunchSpec) -> Handle:
         """Start the trainer in its own session, its output appended to the run's log."""
+        argv, env = wrap(spec.argv, spec.env, spec.sandbox) if spec.sandbox else (spec.argv, spec.env)
         with spec.log_path.open("ab") as sink:
             try:
                 proc = subprocess.Popen(
-                    spec.argv,
+                    argv,
                     stdin=subprocess.DEVNULL,
                     stdout=sink,
                     stderr=subprocess.STDOUT,
-                    env=spec.env,
+                    env=env,
                     start_new_session=True,  # own process group: survives a loop kill, stoppable as a group
                 )
             except OSError as err:

@@ -16,6 +16,7 @@ from mlflow.tracking import MlflowClient
 
 from agentexp.redact import redact_data
 from agentexp.tracking.names import (
+    CODE_COMMIT,
     CYCLE,
     CYCLE_TRACE_ID,
     HOST,
@@ -189,7 +190,7 @@ class Tracker:
         return reaped
 
 
-TRAINING_TAGS = (OVERRIDES, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID)
+TRAINING_TAGS = (OVERRIDES, CODE_COMMIT, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID)
 """The tags of a training run the loop reads (as tracking.run_table rows carry them)."""
 
 
