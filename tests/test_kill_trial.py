@@ -34,7 +34,7 @@ def test_random_kills_leave_one_training_per_committed_train_cycle(tmp_path, ws,
     raws = []
     for i in range(400):
         raws.append(
-            decision(run_label=f"run-{i:03d}", overrides=[], monitor_seconds=2)
+            decision(run_label=f"probe-{i:03d}", overrides=[], monitor_seconds=2)
             if i % 2 == 0
             else decision("wait", monitor_seconds=1)
         )
@@ -53,7 +53,7 @@ def test_random_kills_leave_one_training_per_committed_train_cycle(tmp_path, ws,
         proc = subprocess.Popen(
             [sys.executable, "-m", "agentexp", "loop", "-q", *args], stdout=subprocess.DEVNULL
         )
-        time.sleep(rng.uniform(2.0, 9.0))  # the first seconds are imports and the session start
+        time.sleep(rng.uniform(3.0, 12.0))  # the first seconds are imports and the session start
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=10)
     last = subprocess.run(
@@ -70,6 +70,7 @@ def test_random_kills_leave_one_training_per_committed_train_cycle(tmp_path, ws,
     train_cycles = [e.cycle for e in events if isinstance(e, CycleEnd) and e.summary.action == "train"]
     ends = Counter(str(e.run_dir) for e in events if isinstance(e, RunEnd))
     assert launched, "no training was launched: the trial tested nothing"
+    print(f"kill trial: {KILLS} kills, {len(launched)} trainings, {len(train_cycles)} committed train cycles")
     assert sorted(e.cycle for e in launched) == sorted(train_cycles)  # one training per committed train cycle
     assert len({e.cycle for e in intents}) == len(intents)  # no cycle decided (and launched) twice
     assert all(ends[str(e.run.run_dir)] == 1 for e in launched)  # each ended exactly once
