@@ -200,6 +200,8 @@ class Finisher:
         if not f.pending:  # every top candidate has its seeds: later rounds would plan nothing either
             f.round = f.final_training_rounds
         log.info("finish-up round %d: %d seed runs planned", f.round, len(f.pending))
+        if note := ranking.split_note(rows, self.src.metric):
+            log.info("finish-up: %s", note)
 
     def _load(self) -> FinishUp | None:
         try:

@@ -51,10 +51,12 @@ def leaderboard(
     from agentexp.ranking import markdown_table
 
     try:
-        entries = final.leaderboard(_source(uri, experiment, mission), top_k)
+        found = final.board(_source(uri, experiment, mission), top_k)
     except (final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
-    typer.echo(markdown_table(entries), nl=False)
+    typer.echo(markdown_table(found.entries), nl=False)
+    if found.note:
+        typer.echo(f"\n{found.note}")
 
 
 TOLERANCE = typer.Option(0.01, "--tolerance", min=0, help="largest accepted |diff| of best_<metric>")
