@@ -93,7 +93,7 @@ def finished(rows: list[dict], metric: str) -> list[dict]:
 
 
 def choose_split(rows: list[dict], metric: str) -> str | None:
-    """The validation split of the newest finished run: the one the leaderboard compares on (None: untagged)."""
+    """The validation split of the newest finished run, which the leaderboard compares on (None: untagged)."""
     done = finished(rows, metric)
     newest = max(done, key=lambda r: (r["start_time"] or 0, r["run_id"]), default=None)
     return None if newest is None else newest["tags"].get(tracking.DATA_SPLIT)
