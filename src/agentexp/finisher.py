@@ -45,9 +45,11 @@ def when(now: float) -> datetime:
 
 
 def write_report(ws: Workspace, src: tracking.Source, top_k: int) -> list[str]:
-    """The final report from MLflow into the workspace's artifacts/."""
-    from agentexp import report
+    """The final report from MLflow into the workspace's artifacts/, once the top-k are scored on the
+    held-out test data (when their trainings had it configured)."""
+    from agentexp import evaluate, report
 
+    evaluate.score_top(src, top_k)
     return [str(path) for path in report.write_report(src, top_k, ws)]
 
 
