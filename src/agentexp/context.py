@@ -202,7 +202,6 @@ def build(
         "max_concurrent": max_concurrent,
         "code": code or {"enabled": False},
         "leaderboard": board,
-        "leaderboard_note": view.leaderboard_note(),
         "signals": signals.model_dump(),
         "history": [s.model_dump() for s in recent],
         "deadline": deadline,
@@ -217,6 +216,6 @@ def build(
         storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
         failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
         leaderboard=board,
-        leaderboard_note=structured["leaderboard_note"],
+        leaderboard_note=view.leaderboard_note(),
         deadline=deadline,
     )

@@ -42,7 +42,7 @@ def _experiment_id(src: Source) -> str:
 
 
 def _train(src: Source, experiment_id: str, run_ids: list[str] | None = None) -> list[dict]:
-    metrics = (src.metric, ranking.WALL_TIME)
+    metrics = (src.metric, ranking.WALL_TIME, tracking.test_metric(src.metric))
     return tracking.run_table(src.uri, experiment_id, "train", metrics, TRAIN_PARAMS, TRAIN_TAGS, run_ids)
 
 

@@ -73,6 +73,11 @@ def held_out(metric: str) -> bool:
     return metric.startswith(TEST_PREFIX)
 
 
+def test_metric(summary: str) -> str:
+    """The held-out metric `evaluate` logs for a summary metric: best_val_acc -> test_acc."""
+    return TEST_PREFIX + summary.removeprefix("best_").removeprefix("val_")
+
+
 def without_held_out(metrics: dict[str, float]) -> dict[str, float]:
     """The metrics an agent may see: every held-out test number dropped."""
     return {k: v for k, v in metrics.items() if not held_out(k)}
