@@ -45,7 +45,8 @@ class DigitsData(_DataBase):
 class ImageFolderData(_DataBase):
     kind: Literal["imagefolder"]
     root: Path
-    """One folder per class, or train/ and val/ folders with one folder per class each."""
+    """One folder per class, or train/ and val/ folders with one folder per class each; a test/ folder
+    beside them (one folder per class) is held-out test data, never trained or validated on."""
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
     """Unreadable images are skipped; more than this share fails the run."""
 
@@ -59,6 +60,8 @@ class CsvData(_DataBase):
     label_column: str
     group_column: str | None = None
     """All rows of one group (e.g. a patient) stay on one side of the split."""
+    test_csv_path: Path | None = None
+    """Held-out test data in the same column layout, scored only by `trainers.evaluate`."""
     max_bad_fraction: float = Field(0.05, ge=0, le=1)
 
 
@@ -148,6 +151,11 @@ class MetricConfig(Strict):
     @property
     def summary_key(self) -> str:
         return f"best_{self.key}"
+
+    @property
+    def test_key(self) -> str:
+        """The held-out test metric `evaluate` logs, e.g. `test_acc`."""
+        return "test_" + self.key.removeprefix("val_")
 
 
 class TrackingConfig(Strict):

@@ -23,6 +23,8 @@ from trainers.config import AugConfig, CsvData, DigitsData, ImageFolderData, Tra
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
+TEST_FOLDER = "test"
+"""An image folder's held-out test data (root/test/<class>/...): never a class, never trained on."""
 
 
 @dataclass(frozen=True)
@@ -132,13 +134,17 @@ def _image_folder(data: ImageFolderData, seed: int) -> Split:
         val_paths, val_labels, val_names = _scan_classes(root / "val", names)
         samples = (train_paths, train_labels, val_paths, val_labels)
     else:
-        paths, labels, names = _scan_classes(root)
+        paths, labels, names = _scan_classes(root, skip=(TEST_FOLDER,))
         samples = _stratified(paths, labels, data.val_fraction, seed)
     return _readable_split(*samples, names, data.max_bad_fraction, root)
 
 
-def _scan_classes(root: Path, expected: list[str] | None = None) -> tuple[list[Path], list[int], list[str]]:
-    names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _scan_classes(
+    root: Path, expected: list[str] | None = None, skip: tuple[str, ...] = ()
+) -> tuple[list[Path], list[int], list[str]]:
+    names = sorted(
+        p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith(".") and p.name not in skip
+    )
     if not names:
         raise UserError(f"data.root {root} has no class folders (expected one folder per class)")
     if expected is not None and names != expected:
@@ -153,17 +159,22 @@ def _scan_classes(root: Path, expected: list[str] | None = None) -> tuple[list[P
     return paths, labels, names
 
 
-def _csv(data: CsvData, seed: int) -> Split:
-    if not data.csv_path.is_file():
-        raise UserError(f"data.csv_path {data.csv_path} does not exist")
-    with data.csv_path.open(newline="") as handle:
+def _csv_rows(path: Path, needed: list[str], what: str = "data.csv_path") -> list[dict[str, str]]:
+    if not path.is_file():
+        raise UserError(f"{what} {path} does not exist")
+    with path.open(newline="") as handle:
         rows = list(csv.DictReader(handle))
     if not rows:
-        raise UserError(f"{data.csv_path} has no rows")
-    needed = [data.path_column, data.label_column] + ([data.group_column] if data.group_column else [])
+        raise UserError(f"{path} has no rows")
     missing = [c for c in needed if c not in rows[0]]
     if missing:
-        raise UserError(f"{data.csv_path} has no column {missing[0]!r} (columns: {', '.join(rows[0])})")
+        raise UserError(f"{path} has no column {missing[0]!r} (columns: {', '.join(rows[0])})")
+    return rows
+
+
+def _csv(data: CsvData, seed: int) -> Split:
+    needed = [data.path_column, data.label_column] + ([data.group_column] if data.group_column else [])
+    rows = _csv_rows(data.csv_path, needed)
     image_root = data.image_root or data.csv_path.parent
     names = sorted({row[data.label_column] for row in rows})
     paths = [image_root / row[data.path_column] for row in rows]
@@ -176,6 +187,48 @@ def _csv(data: CsvData, seed: int) -> Split:
     else:
         samples = _stratified(paths, labels, data.val_fraction, seed)
     return _readable_split(*samples, names, data.max_bad_fraction, data.csv_path)
+
+
+def test_source(cfg: TrainConfig) -> Path | None:
+    """The configured held-out test data: root/test of an image folder, data.test_csv_path of a CSV."""
+    data = cfg.data
+    if isinstance(data, ImageFolderData):
+        folder = data.root.expanduser() / TEST_FOLDER
+        return folder if folder.is_dir() else None
+    return data.test_csv_path if isinstance(data, CsvData) else None
+
+
+def load_test(cfg: TrainConfig, path: Path, class_names: list[str]) -> tuple[list[Path], list[int], str]:
+    """Held-out samples at `path` labelled in the training's class order, and their fingerprint: an image
+    folder (one folder per class) or, for a run on data=csv, a CSV in the run's column layout."""
+    if path.is_dir():
+        paths, labels, names = _scan_classes(path)
+        labels = [_label(names[y], class_names, path) for y in labels]
+    elif isinstance(cfg.data, CsvData):
+        data = cfg.data
+        rows = _csv_rows(path, [data.path_column, data.label_column], "test data")
+        image_root = data.image_root or path.parent
+        paths = [image_root / row[data.path_column] for row in rows]
+        labels = [_label(row[data.label_column], class_names, path) for row in rows]
+    else:
+        raise UserError(f"{path} is not an image folder (a CSV needs a run trained on data=csv)")
+    paths, labels, bad = _readable(paths, labels)
+    if not paths:
+        raise UserError(f"{path} has no readable test images")
+    if bad:
+        log.warning("skipped %d unreadable test image(s) in %s", bad, path)
+    parts = sorted(
+        f"{p.parent.name}/{p.name}:{p.stat().st_size}:{y}" for p, y in zip(paths, labels, strict=True)
+    )
+    return paths, labels, fingerprint(parts)
+
+
+def _label(name: str, class_names: list[str], source: Path) -> int:
+    if name not in class_names:
+        raise UserError(
+            f"{source} has class {name!r}, which the run was not trained on ({', '.join(class_names)})"
+        )
+    return class_names.index(name)
 
 
 def _stratified(paths: list[Path], labels: list[int], val_fraction: float, seed: int) -> tuple:

@@ -23,13 +23,15 @@ from omegaconf import DictConfig
 
 from agentexp import gpu, provenance, tracking
 from trainers.config import TrainConfig, UserError, from_hydra
-from trainers.data import ImageDataModule, Split, load_split
+from trainers.data import ImageDataModule, Split, load_split, test_source
 from trainers.evaluation import confusion_figure, per_class_report
 from trainers.model import Classifier
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 SUMMARY_PREFIX = "agentexp-summary: "
 LIBRARIES = ("torch", "torchvision", "timm", "lightning", "mlflow", "agentexp")
+CLASSES = "checkpoints/classes.json"
+"""The class names in label order, logged beside the checkpoint."""
 RUN_KINDS = ("train", "audit", "preflight")
 """Kinds a training run may be tagged with; leaderboards only read `train`."""
 
@@ -219,8 +221,12 @@ def _finish(
     mlflow.log_dict(per_class_report(probs, labels, split.class_names), "evaluation/per_class_report.json")
     mlflow.log_figure(confusion_figure(probs, labels, split.class_names), "evaluation/confusion_matrix.png")
     best_path = trainer.checkpoint_callback.best_model_path
-    if cfg.tracking.log_checkpoint and best_path:
+    test_data = test_source(cfg)
+    if (cfg.tracking.log_checkpoint or test_data) and best_path:  # `evaluate` scores the logged one
         mlflow.log_artifact(best_path, "checkpoints")
+        mlflow.log_dict({"classes": split.class_names}, CLASSES)
+    if test_data:
+        mlflow.set_tag(tracking.TEST_DATA, str(test_data))
     return {
         "metric": cfg.metric.key,
         "summary_metric": cfg.metric.summary_key,

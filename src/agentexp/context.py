@@ -78,6 +78,8 @@ class Context(BaseModel):
     """End of the last run's log, only when that run failed."""
     leaderboard: list[dict[str, Any]]
     """Top configurations by the mission's metric (seed runs grouped), best first."""
+    leaderboard_note: str = ""
+    """One sentence when finished runs on another validation split were left out of the leaderboard."""
     deadline: str | None
     """When finish-up is active: the deadline."""
 
@@ -98,6 +100,13 @@ def leaderboard(rows: Sequence[dict[str, Any]], metric: str, direction: str) -> 
     ]
 
 
+def visible(row: dict[str, Any]) -> dict[str, Any]:
+    """A run as an agent may see it: held-out test numbers dropped (they never reach a context)."""
+    if not any(tracking.held_out(k) for k in row["metrics"]):
+        return row
+    return {**row, "metrics": tracking.without_held_out(row["metrics"])}
+
+
 def _reused(seen: tuple[dict[str, Any], Any] | None, row: dict[str, Any]) -> Any:
     """The earlier conversion of an unchanged row, else None."""
     return seen[1] if seen is not None and seen[0] == row else None
@@ -115,11 +124,13 @@ class RunView:
         if previous is not None:
             pairs = zip(previous.rows, previous._pairs, strict=True)
             done = {row["run_id"]: (row, pair) for row, pair in pairs}
+        rows = [visible(r) for r in rows]
         self.rows, self.metric = rows, metric
         self._pairs = [_reused(done.get(r["run_id"]), r) or self._converted(r) for r in rows]
         self.infos = [info for info, _ in self._pairs]
         self.dumped = [dumped for _, dumped in self._pairs]
         self._boards: dict[str, list[dict[str, Any]]] = {}
+        self._note: str | None = None
 
     def _converted(self, row: dict[str, Any]) -> tuple[RunInfo, dict[str, Any]]:
         info = RunInfo.from_row(row, self.metric)
@@ -130,6 +141,12 @@ class RunView:
         if direction not in self._boards:
             self._boards[direction] = leaderboard(self.rows, self.metric, direction)
         return [dict(entry) for entry in self._boards[direction]]
+
+    def leaderboard_note(self) -> str:
+        """Why finished runs are missing from the leaderboard (another validation split), else ''."""
+        if self._note is None:
+            self._note = ranking.split_note(list(self.rows), self.metric)
+        return self._note
 
 
 def last_run_failed(runs: Sequence[RunInfo], history: Sequence[CycleSummary]) -> bool:
@@ -199,5 +216,6 @@ def build(
         storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
         failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
         leaderboard=board,
+        leaderboard_note=view.leaderboard_note(),
         deadline=deadline,
     )

@@ -45,9 +45,11 @@ def when(now: float) -> datetime:
 
 
 def write_report(ws: Workspace, src: tracking.Source, top_k: int) -> list[str]:
-    """The final report from MLflow into the workspace's artifacts/."""
-    from agentexp import report
+    """The final report from MLflow into the workspace's artifacts/, once the top-k are scored on the
+    held-out test data (when their trainings had it configured)."""
+    from agentexp import evaluate, report
 
+    evaluate.score_top(src, top_k)
     return [str(path) for path in report.write_report(src, top_k, ws)]
 
 
@@ -200,6 +202,8 @@ class Finisher:
         if not f.pending:  # every top candidate has its seeds: later rounds would plan nothing either
             f.round = f.final_training_rounds
         log.info("finish-up round %d: %d seed runs planned", f.round, len(f.pending))
+        if note := ranking.split_note(rows, self.src.metric):
+            log.info("finish-up: %s", note)
 
     def _load(self) -> FinishUp | None:
         try:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from agentexp import figures, ranking, story
+from agentexp import figures, heldout, ranking, story, tracking
 from agentexp.ranking import Entry
 from agentexp.story import Attempt
 from agentexp.tracking import DEVICE, GPU_NAME
@@ -21,6 +21,7 @@ def facts(src, k: int, train: list[dict], entries: list[Entry], found: list[Atte
     ends = [r["end_time"] for r in train if r["end_time"]]
     params = [r["params"] for r in train]
     tags = [r["tags"] for r in train]
+    tested = heldout.compare(entries, train, tracking.test_metric(src.metric))
     return {
         "src": src,
         "k": k,
@@ -28,6 +29,10 @@ def facts(src, k: int, train: list[dict], entries: list[Entry], found: list[Atte
         "top": entries[0],
         "table": ranking.markdown_table(entries),
         "common": ranking.common_overrides(entries),
+        "split_note": ranking.split_note(train, src.metric),
+        "heldout": tested,
+        "heldout_table": heldout.markdown_table(tested) if tested else "",
+        "heldout_summary": heldout.summary(tested) if tested else "",
         "n_train": len(train),
         "n_finished": len(finished),
         "n_cycles": len(decisions),
@@ -69,7 +74,14 @@ def figures_png(src, found: list[Attempt], entries: list[Entry], per_class: dict
 def limitations(values: dict, per_class_missing: bool) -> list[str]:
     """What the numbers cannot show, judged from them."""
     entries, top = values["entries"], values["top"]
-    out = ["All figures are validation results on one fixed split; the record holds no held-out test set."]
+    if values["heldout"] is None:
+        out = [
+            "All figures are validation results on one fixed split; the record holds no held-out test set."
+        ]
+    else:
+        out = ["Validation figures come from one fixed split; the test column was scored once, for top runs."]
+    if values["split_note"]:
+        out.append(values["split_note"])
     if few := [e for e in entries if e.n < 3]:
         out.append(
             f"{len(few)} of the top {len(entries)} configurations have fewer than 3 seed runs: "

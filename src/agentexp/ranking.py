@@ -13,8 +13,9 @@ from agentexp import tracking
 NOT_CONFIG = ("run_label", "trainer.seed")
 """Override keys that never tell two configurations apart (with hydra.*)."""
 WALL_TIME = "wall_time_s"
-KEY_TAGS = (tracking.OVERRIDES, tracking.CODE_COMMIT)
-"""The tags that say which configuration a run is (what a ranking query must read)."""
+KEY_TAGS = (tracking.OVERRIDES, tracking.CODE_COMMIT, tracking.DATA_SPLIT)
+"""The tags that say which configuration a run is and which validation split scored it (what a ranking
+query must read)."""
 
 
 class Entry(BaseModel):
@@ -91,6 +92,34 @@ def finished(rows: list[dict], metric: str) -> list[dict]:
     ]
 
 
+def choose_split(rows: list[dict], metric: str) -> str | None:
+    """The validation split of the newest finished run, which the leaderboard compares on (None: untagged)."""
+    done = finished(rows, metric)
+    newest = max(done, key=lambda r: (r["start_time"] or 0, r["run_id"]), default=None)
+    return None if newest is None else newest["tags"].get(tracking.DATA_SPLIT)
+
+
+def same_split(rows: list[dict], metric: str) -> tuple[list[dict], int]:
+    """The finished runs on the chosen split, and how many finished runs were on another one."""
+    done = finished(rows, metric)
+    split = choose_split(done, metric)
+    kept = [r for r in done if r["tags"].get(tracking.DATA_SPLIT) == split]
+    return kept, len(done) - len(kept)
+
+
+def split_note(rows: list[dict], metric: str) -> str:
+    """One sentence when finished runs on another validation split were left out of the ranking, else ''."""
+    _, others = same_split(rows, metric)
+    if not others:
+        return ""
+    split = choose_split(rows, metric) or "untagged"
+    runs = "run was" if others == 1 else "runs were"
+    return (
+        f"{others} finished {runs} scored on another validation split and left out: only runs on the "
+        f"newest finished run's split ({split}) are compared."
+    )
+
+
 def better(direction: str):
     """A sort key for one value: the better value sorts first."""
     return (lambda v: -v) if direction == "maximize" else (lambda v: v)
@@ -98,9 +127,10 @@ def better(direction: str):
 
 def order(rows: list[dict], metric: str, direction: str) -> tuple[list[list[dict]], set[str]]:
     """Configurations best first by mean metric, ties to the one that started first; each a list of its
-    finished runs (oldest first). Also the overrides every configuration shares."""
+    finished runs (oldest first), only those on the chosen validation split. Also the overrides every
+    configuration shares."""
     groups: dict[tuple[str, ...], list[dict]] = {}
-    for row in sorted(finished(rows, metric), key=lambda r: (r["start_time"] or 0, r["run_id"])):
+    for row in sorted(same_split(rows, metric)[0], key=lambda r: (r["start_time"] or 0, r["run_id"])):
         groups.setdefault(config_key(row), []).append(row)
     common = set.intersection(*(set(g) for g in groups)) if len(groups) > 1 else set()
     key = better(direction)
@@ -119,8 +149,16 @@ def entries(groups: list[list[dict]], metric: str, direction: str, common: set[s
     return [_entry(runs, metric, direction, common, number) for number, runs in enumerate(groups, 1)]
 
 
+class Board(BaseModel):
+    """A ranking and what it left out."""
+
+    entries: list[Entry]
+    note: str = ""
+    """One sentence when finished runs on another validation split were left out, else ''."""
+
+
 def rank(rows: list[dict], metric: str, direction: str = "maximize", k: int | None = None) -> list[Entry]:
-    """The top k configurations by mean metric; ties go to the configuration that started first."""
+    """The top k configurations by mean metric on the chosen split; ties go to the one that started first."""
     ordered, common = order(rows, metric, direction)
     return entries(ordered[:k] if k is not None else ordered, metric, direction, common)
 

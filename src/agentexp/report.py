@@ -42,7 +42,7 @@ def _experiment_id(src: Source) -> str:
 
 
 def _train(src: Source, experiment_id: str, run_ids: list[str] | None = None) -> list[dict]:
-    metrics = (src.metric, ranking.WALL_TIME)
+    metrics = (src.metric, ranking.WALL_TIME, tracking.test_metric(src.metric))
     return tracking.run_table(src.uri, experiment_id, "train", metrics, TRAIN_PARAMS, TRAIN_TAGS, run_ids)
 
 
@@ -60,7 +60,7 @@ def _nothing(src: Source, runs: int) -> ReportError:
     )
 
 
-def leaderboard(src: Source, k: int) -> list[Entry]:
+def board(src: Source, k: int) -> ranking.Board:
     """The top k configurations: rank on the metric and overrides of every training run, then read the
     rest of the record for the chosen runs only."""
     experiment_id = _experiment_id(src)
@@ -71,7 +71,13 @@ def leaderboard(src: Source, k: int) -> list[Entry]:
     chosen = ordered[:k]
     full = {r["run_id"]: r for r in _train(src, experiment_id, [r["run_id"] for g in chosen for r in g])}
     groups = [[full.get(r["run_id"], r) for r in runs] for runs in chosen]
-    return ranking.entries(groups, src.metric, src.direction, common)
+    entries = ranking.entries(groups, src.metric, src.direction, common)
+    return ranking.Board(entries=entries, note=ranking.split_note(light, src.metric))
+
+
+def leaderboard(src: Source, k: int) -> list[Entry]:
+    """The top k configurations (see board)."""
+    return board(src, k).entries
 
 
 def write_report(src: Source, k: int, ws: Workspace) -> list[Path]:

@@ -106,6 +106,7 @@ def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
         "code": structured["code"],
         "recent_runs": structured["runs"][-RECENT_RUNS:],
         "leaderboard": context.leaderboard,
+        "leaderboard_note": context.leaderboard_note,
         "todo_focus": context.todo_focus,
         "workpad_tail": context.workpad_tail,
         "mentor_notes_tail": context.mentor_notes_tail,

@@ -1,4 +1,4 @@
-"""Commands over the record: leaderboard, report, reproduce and audit, finish-up, reset, the data link."""
+"""Commands over the record: leaderboard, report, test scoring, reproduce, audit, finish-up, reset, data."""
 
 from __future__ import annotations
 
@@ -51,10 +51,34 @@ def leaderboard(
     from agentexp.ranking import markdown_table
 
     try:
-        entries = final.leaderboard(_source(uri, experiment, mission), top_k)
+        found = final.board(_source(uri, experiment, mission), top_k)
     except (final.ReportError, *USER_ERRORS) as err:
         raise _fail(err) from None
-    typer.echo(markdown_table(entries), nl=False)
+    typer.echo(markdown_table(found.entries), nl=False)
+    if found.note:
+        typer.echo(f"\n{found.note}")
+
+
+TEST_DATA = typer.Option(
+    None, "--data", help="an image folder, or a CSV in the run's column layout (default: its test data)"
+)
+
+
+@app.command()
+def evaluate(
+    run_id: str,
+    data: Path | None = TEST_DATA,
+    uri: str | None = STORE_URI,
+) -> None:
+    """Score a training's logged checkpoint on held-out test data; log test_<metric> on the run."""
+    from agentexp import evaluate as heldout
+    from agentexp import report as final
+
+    try:
+        found = heldout.evaluate(_source(uri, None).uri, run_id, data)
+    except (heldout.EvaluateError, final.ReportError, *USER_ERRORS) as err:
+        raise _fail(err) from None
+    typer.echo(f"run {run_id}: {found.metric} = {found.value:.4f} (logged on the run)")
 
 
 TOLERANCE = typer.Option(0.01, "--tolerance", min=0, help="largest accepted |diff| of best_<metric>")

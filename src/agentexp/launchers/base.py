@@ -193,15 +193,22 @@ def training_argv(
 
     A training of another code tree (`code_dir`, on PYTHONPATH by training_env) runs with `-P`, so the
     working directory's own trainer cannot shadow it."""
-    return [
+    return module_argv(
         python,
-        *(["-P"] if code_dir is not None else []),
-        "-m",
         module,
-        *overrides,
-        f"run_label={_quote(run_label)}",  # quoted: a label like 1e5 or true stays a string
-        f"hydra.run.dir={_quote(str(run_dir))}",
-    ]
+        [
+            *overrides,
+            f"run_label={_quote(run_label)}",  # quoted: a label like 1e5 or true stays a string
+            f"hydra.run.dir={_quote(str(run_dir))}",
+        ],
+        code_dir,
+    )
+
+
+def module_argv(python: str, module: str, args: list[str], code_dir: Path | None = None) -> list[str]:
+    """`python [-P] -m module args...`: how every process of the trainer package starts (training_argv's
+    rule for `code_dir`)."""
+    return [python, *(["-P"] if code_dir is not None else []), "-m", module, *args]
 
 
 def training_env(

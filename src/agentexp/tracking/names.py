@@ -29,6 +29,12 @@ CODE_OUTCOME = "agentexp.code.outcome"
 ENV_CODE_COMMIT = "AGENTEXP_CODE_COMMIT"
 ENV_CODE_BRANCH = "AGENTEXP_CODE_BRANCH"
 """A fingerprint of which samples are in the validation split: only runs on the same one compare."""
+TEST_DATA = "agentexp.data.test"
+"""Set on a training whose config names held-out test data: finish-up scores it there."""
+TEST_FINGERPRINT = "agentexp.test.fingerprint"
+"""On a training scored by `evaluate`: a fingerprint of the data its test_<metric> was measured on."""
+TEST_PREFIX = "test_"
+"""Held-out test metrics (`test_acc`): logged only by `evaluate`, never shown to an agent."""
 SKIPPED_IMAGES = "agentexp.data.skipped_images"
 GIT_STATUS = "agentexp.git.status"
 """`ok`, or why no git state was recorded (e.g. an unpacked archive)."""
@@ -60,6 +66,21 @@ ENV_RUN_KIND = "AGENTEXP_RUN_KIND"
 
 MAX_PARAM = 6000
 MAX_TAG = 8000
+
+
+def held_out(metric: str) -> bool:
+    """Whether a metric is a held-out test number, which no agent context, prompt or evidence may hold."""
+    return metric.startswith(TEST_PREFIX)
+
+
+def test_metric(summary: str) -> str:
+    """The held-out metric `evaluate` logs for a summary metric: best_val_acc -> test_acc."""
+    return TEST_PREFIX + summary.removeprefix("best_").removeprefix("val_")
+
+
+def without_held_out(metrics: dict[str, float]) -> dict[str, float]:
+    """The metrics an agent may see: every held-out test number dropped."""
+    return {k: v for k, v in metrics.items() if not held_out(k)}
 
 
 def resolve_uri(configured: str, cwd: Path | None = None) -> str:

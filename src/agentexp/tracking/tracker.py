@@ -19,6 +19,7 @@ from agentexp.tracking.names import (
     CODE_COMMIT,
     CYCLE,
     CYCLE_TRACE_ID,
+    DATA_SPLIT,
     HOST,
     KIND,
     MAX_PARAM,
@@ -190,7 +191,7 @@ class Tracker:
         return reaped
 
 
-TRAINING_TAGS = (OVERRIDES, CODE_COMMIT, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID)
+TRAINING_TAGS = (OVERRIDES, CODE_COMMIT, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID, DATA_SPLIT)
 """The tags of a training run the loop reads (as tracking.run_table rows carry them)."""
 
 
