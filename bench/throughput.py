@@ -25,7 +25,7 @@ from mlflow.tracking import MlflowClient
 from agentexp import tracking
 from trainers.config import CONF_DIR, from_hydra
 from trainers.data import ImageDataModule, load_split
-from trainers.model import create_model
+from trainers.recipe import build_model
 from trainers.train import SUMMARY_PREFIX, train
 
 
@@ -33,7 +33,7 @@ def hand_loop(cfg, epochs: int, steps: int) -> list[float]:
     """The minimal PyTorch equivalent of one training: forward, loss, backward, step, schedule."""
     torch.manual_seed(cfg.trainer.seed)
     data = ImageDataModule(cfg, load_split(cfg))
-    model = create_model(cfg.model, data.num_classes)
+    model = build_model(cfg, data.num_classes)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay)
     total = epochs * steps
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import git
 import pytest
@@ -50,6 +51,7 @@ CFG = CodeConfig()
         (diff(RECIPE_LOSS, [], ["import subprocess, socket"]), "use socket, subprocess"),
         (diff(RECIPE_LOSS, [], ["import mlflow"]), "use mlflow"),
         (diff(RECIPE_LOSS, [], ["from trainers.evaluation import per_class_report"]), "trainers.evaluation"),
+        (diff(RECIPE_LOSS, [], ["import trainers.data as d, trainers.config"]), "use trainers.data,"),
         ("this is not a diff at all", "changes no file"),
     ],
 )
@@ -60,7 +62,18 @@ def test_the_gate_refuses_what_a_patch_may_not_do_naming_the_path(patch, says):
 
 def test_the_gate_passes_a_recipe_change():
     assert (
-        gate.check_patch(diff(RECIPE_LOSS, [], ["import torch", "LOSS = torch.nn.CrossEntropyLoss"]), CFG)
+        gate.check_patch(
+            diff(
+                RECIPE_LOSS,
+                [],
+                [
+                    "import torch",
+                    "from trainers.config import TrainConfig",
+                    "from trainers.recipe import model",
+                ],
+            ),
+            CFG,
+        )
         == []
     )
 
@@ -85,6 +98,14 @@ def test_the_gate_passes_a_recipe_change():
 def test_the_harness_and_the_house_can_never_be_made_editable(glob):
     with pytest.raises(ValidationError, match="code.editable"):
         CodeConfig(editable=[glob])
+
+
+def test_the_default_editable_area_is_the_real_recipe_and_the_harness_stays_out():
+    repo = Path(__file__).resolve().parents[1]
+    recipe = sorted(str(p.relative_to(repo)) for p in (repo / "trainers" / "recipe").glob("*.py"))
+    assert RECIPE_LOSS in recipe and all(CFG.allows(path) for path in recipe)
+    harness = ["trainers/train.py", "trainers/data.py", "trainers/evaluation.py", "trainers/callbacks.py"]
+    assert all((repo / path).is_file() and not CFG.allows(path) for path in harness + ["trainers/model.py"])
 
 
 def test_your_own_files_can_be_made_editable():

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
 from agentexp.provenance import fingerprint
-from trainers.config import AugConfig, CsvData, DigitsData, ImageFolderData, TrainConfig, UserError
+from trainers import recipe
+from trainers.config import CsvData, DigitsData, ImageFolderData, TrainConfig, UserError
 
 log = logging.getLogger(__name__)
 
@@ -64,31 +65,6 @@ class FileImages(Dataset):
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
         with Image.open(self.paths[i]) as image:
             return self.transform(image.convert("RGB")), self.labels[i]
-
-
-def build_transform(cfg: TrainConfig, train: bool) -> v2.Transform:
-    """uint8 image (tensor or PIL) -> resized, augmented when training, normalised float tensor."""
-    size = cfg.data.image_size
-    steps: list[v2.Transform] = [v2.ToImage(), v2.Resize((size, size), antialias=True)]
-    if train:
-        steps += _augmentations(cfg.aug, size)
-    steps += [v2.ToDtype(torch.float32, scale=True), v2.Normalize(cfg.data.mean, cfg.data.std)]
-    if train and cfg.aug.random_erasing > 0:
-        steps.append(v2.RandomErasing(p=cfg.aug.random_erasing))
-    return v2.Compose(steps)
-
-
-def _augmentations(aug: AugConfig, size: int) -> list[v2.Transform]:
-    steps: list[v2.Transform] = []
-    if aug.crop_scale:
-        steps.append(v2.RandomResizedCrop(size, scale=aug.crop_scale, antialias=True))
-    if aug.hflip > 0:
-        steps.append(v2.RandomHorizontalFlip(aug.hflip))
-    if aug.rotation > 0:
-        steps.append(v2.RandomRotation(aug.rotation))
-    if aug.trivial_augment:
-        steps.append(v2.TrivialAugmentWide())
-    return steps
 
 
 def load_split(cfg: TrainConfig) -> Split:
@@ -287,8 +263,8 @@ class ImageDataModule(L.LightningDataModule):
         super().__init__()
         self.cfg, self.split = cfg, split
         dataset = TensorImages if isinstance(split.train, torch.Tensor) else FileImages
-        self.train_set = dataset(split.train, split.train_labels, build_transform(cfg, train=True))
-        self.val_set = dataset(split.val, split.val_labels, build_transform(cfg, train=False))
+        self.train_set = dataset(split.train, split.train_labels, recipe.train_transform(cfg))
+        self.val_set = dataset(split.val, split.val_labels, recipe.val_transform(cfg))
 
     @property
     def num_classes(self) -> int:

@@ -1,38 +1,20 @@
-"""The LightningModule around a timm model: loss, mixup/cutmix, metrics, best-epoch tracking, schedules."""
+"""The LightningModule of the harness: the fit loop's steps, metrics and best-epoch tracking around the
+recipe's model, batch mix, loss and optimizer (trainers/recipe/)."""
 
 from __future__ import annotations
 
-import difflib
-import math
 import time
 
 import lightning as L
-import timm
 import torch
-from torch import nn
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_auroc,
     multiclass_f1_score,
 )
-from torchvision.transforms import v2
 
-from trainers.config import ModelConfig, TrainConfig, UserError
-
-
-def create_model(cfg: ModelConfig, num_classes: int) -> nn.Module:
-    """A timm model by name; an unknown name is a UserError listing close matches."""
-    if not timm.is_model(cfg.name):
-        close = difflib.get_close_matches(cfg.name, timm.list_models(), n=5, cutoff=0.6)
-        hint = f"close matches: {', '.join(close)}" if close else "see timm.list_models()"
-        raise UserError(f"Unsupported model.name '{cfg.name}': not a timm model ({hint})")
-    kwargs = {"num_classes": num_classes, "drop_rate": cfg.drop_rate}
-    if cfg.pretrained:
-        if not cfg.checkpoint_path.is_file():
-            raise UserError(f"model.checkpoint_path {cfg.checkpoint_path} does not exist")
-        # timm loads the local file and drops a classifier whose class count differs
-        kwargs["pretrained_cfg_overlay"] = {"file": str(cfg.checkpoint_path)}
-    return timm.create_model(cfg.name, pretrained=cfg.pretrained, **kwargs)
+from trainers import recipe
+from trainers.config import TrainConfig
 
 
 def epoch_metrics(probs: torch.Tensor, targets: torch.Tensor, num_classes: int) -> dict[str, float]:
@@ -48,10 +30,9 @@ class Classifier(L.LightningModule):
     def __init__(self, cfg: TrainConfig, num_classes: int, class_weights: torch.Tensor | None = None):
         super().__init__()
         self.cfg, self.num_classes = cfg, num_classes
-        self.net = create_model(cfg.model, num_classes)
-        weights = class_weights if cfg.loss.class_weights == "balanced" else None
-        self.loss = nn.CrossEntropyLoss(weight=weights, label_smoothing=cfg.loss.label_smoothing)
-        self.mix = _batch_mix(cfg, num_classes)
+        self.net = recipe.build_model(cfg, num_classes)
+        self.loss = recipe.build_loss(cfg, class_weights)
+        self.mix = recipe.batch_mix(cfg, num_classes)
         self.best: float | None = None
         self.best_epoch = -1
         self.best_outputs: tuple[torch.Tensor, torch.Tensor] | None = None
@@ -114,41 +95,9 @@ class Classifier(L.LightningModule):
         self._epoch = {}
 
     def configure_optimizers(self):
-        optim = self.cfg.optim
-        if optim.name == "sgd":
-            opt = torch.optim.SGD(
-                self.parameters(), lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay
-            )
-        else:
-            opt = torch.optim.AdamW(self.parameters(), lr=optim.lr, weight_decay=optim.weight_decay)
         total = max(1, int(self.trainer.estimated_stepping_batches))
-        if optim.schedule == "onecycle":
-            sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=optim.lr, total_steps=total)
-        else:
-            warmup = optim.warmup_epochs * total // max(1, self.cfg.trainer.epochs)
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _warmup_then(optim.schedule, warmup, total))
+        opt, sched = recipe.build_optimizer(self.cfg, self.parameters(), total)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
-
-
-def _warmup_then(schedule: str, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        if schedule == "constant":
-            return 1.0
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
-
-
-def _batch_mix(cfg: TrainConfig, num_classes: int) -> v2.Transform | None:
-    mixes = []
-    if cfg.aug.mixup_alpha > 0:
-        mixes.append(v2.MixUp(alpha=cfg.aug.mixup_alpha, num_classes=num_classes))
-    if cfg.aug.cutmix_alpha > 0:
-        mixes.append(v2.CutMix(alpha=cfg.aug.cutmix_alpha, num_classes=num_classes))
-    return v2.RandomChoice(mixes) if mixes else None
 
 
 class _Running:

@@ -273,9 +273,10 @@ def _inside(value: str, data_root: Path | None) -> bool:
 
 
 _FORBIDDEN = re.compile(
-    r"\b(mlflow|agentexp|subprocess|socket)\b|os\.environ|\bgetenv\b|\btrainers\.(?!recipe\b)\w+"
+    r"\b(mlflow|agentexp|subprocess|socket)\b|os\.environ|\bgetenv\b|\btrainers\.(?!(recipe|config)\b)\w+"
 )
-"""Names an added recipe line may not use (defence in depth: the sandbox is the guarantee)."""
+"""Names an added recipe line may not use (defence in depth: the sandbox is the guarantee); the recipe may
+import its own modules and the config it is given (trainers.config), nothing else of the harness."""
 _SYMLINK = re.compile(r"^(new file mode|new mode) 120000$", re.MULTILINE)
 
 
