@@ -10,15 +10,19 @@ from pathlib import Path
 import pytest
 from helpers import TINY, compose_train, decision, digits_split, run_loop, write_image
 from mlflow.entities import Metric, Param
+from omegaconf import OmegaConf
 from typer.testing import CliRunner
 
 from agentexp import context, evaluate, finisher, heldout, ranking, tracking
 from agentexp.cli import app
+from agentexp.decisions import Action, WorkerDecision
+from agentexp.gate import GateConfig, check
 from agentexp.mission import MISSIONS_DIR, load_mission
 from agentexp.ranking import Entry
 from agentexp.signals import Signals
 from agentexp.workspace import Workspace
 from trainers import evaluate as evaluator
+from trainers.config import CONF_DIR
 from trainers.train import train
 
 METRIC = "best_val_acc"
@@ -279,3 +283,29 @@ def test_no_context_or_prompt_contains_a_test_number(tmp_path, store):
     assert (
         str(SECRET) not in prompt and f"{SECRET:.4f}" not in prompt and f"{SECRET:.3f}" not in prompt
     )  # ... not its test
+
+
+def test_the_gate_refuses_a_path_override_that_names_held_out_test_data():
+    cfg = GateConfig.model_validate(
+        OmegaConf.to_container(OmegaConf.load(CONF_DIR / "gate" / "default.yaml"))
+    )
+
+    def verdict(overrides: list[str]):
+        why = "the held-out test set must never be trained on"
+        return check(
+            WorkerDecision(
+                action=Action.TRAIN,
+                rationale=why,
+                run_label="resnet18-paths",
+                overrides=overrides,
+                strategy_dimension="augmentation",
+            ),
+            cfg,
+        )
+
+    for override in ("data.root=data/images/test", "data.csv_path=data/test.csv"):
+        assert verdict([override]).violations == [
+            f"Override '{override}' names held-out test data, which no training may read."
+        ]
+    assert verdict(["data.root=data/images", "data.csv_path=data/train.csv"]).passed
+    assert not verdict(["data.test_csv_path=data/other.csv"]).passed  # not a key an agent may set
