@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -23,6 +24,15 @@ def compose_train(overrides: list[str]) -> TrainConfig:
     """The real trainer config, composed and validated as the app does."""
     with initialize_config_dir(version_base="1.3", config_dir=str(CONF_DIR)):
         return from_hydra(compose("train", overrides=overrides))
+
+
+@functools.cache
+def digits_split() -> str:
+    """The validation split a tiny digits training tags: hand-logged runs that should rank with real ones
+    carry it."""
+    from trainers.data import load_split
+
+    return load_split(compose_train(TINY)).val_fingerprint
 
 
 def write_image(path: Path, color: tuple[int, int, int], size: int = 12) -> Path:

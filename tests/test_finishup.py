@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from helpers import scripted_loop
+from helpers import digits_split, scripted_loop
 from mlflow.entities import Metric, Param
 from typer.testing import CliRunner
 
@@ -170,6 +170,7 @@ def log_run(store, label: str, value: float, config: list[str]) -> str:
         tracking.OVERRIDES: json.dumps(overrides),
         tracking.SEED: "42",
         tracking.COMMAND: "python -m trainers.train " + " ".join(overrides),
+        tracking.DATA_SPLIT: digits_split(),
     }
     start = int(time.time() * 1000) - 5000
     run = store.client.create_run(experiment_id, start, tags, label)

@@ -17,6 +17,7 @@ from sklearn.model_selection import GroupShuffleSplit, train_test_split
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 from torchvision.transforms import v2
 
+from agentexp import tracking
 from agentexp.provenance import fingerprint
 from trainers import recipe
 from trainers.config import CsvData, DigitsData, ImageFolderData, TrainConfig, UserError
@@ -24,7 +25,7 @@ from trainers.config import CsvData, DigitsData, ImageFolderData, TrainConfig, U
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp"}
-TEST_FOLDER = "test"
+TEST_FOLDER = tracking.TEST_FOLDER
 """An image folder's held-out test data (root/test/<class>/...): never a class, never trained on."""
 
 

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
 
 from agentexp.codebase import CodeConfig
 from agentexp.decisions import Action, WorkerDecision
+from agentexp.tracking.names import TEST_FOLDER
 from trainers.config import CONF_DIR, UserError, from_hydra
 
 SHELL_CHARS = frozenset(";&|`$<>\\*?!~'\"\n\r\x00")
@@ -234,6 +235,8 @@ def _check_value(text: str, key: str, value: Any, cfg: GateConfig) -> str | None
             return f"Override '{text}' must give a path for {key}."
         if not _inside(value, cfg.data_root):
             return f"Override '{text}' points outside the data root."
+        if any(TEST_FOLDER in (part, Path(part).stem) for part in Path(value).parts):
+            return f"Override '{text}' names held-out test data, which no training may read."
     return None
 
 
