@@ -191,25 +191,12 @@ def test_storyline_only_when_stall_or_failure_signals_are_high(ws, mission, sign
         assert storyline == []
 
 
-@pytest.mark.parametrize(
-    ("history", "runs", "shown"),
-    [
-        ([summary(1), summary(2, "failed", None)], [], True),
-        ([summary(1, "failed", None), summary(2)], [], False),
-        ([summary(1, "failed", None), summary(2, "waited", None)], [], True),
-        ([], [run("a", 0.5), run("b", None, "FAILED")], True),
-        ([], [run("a", None, "FAILED"), run("b", 0.5)], False),
-        ([], [], False),
-    ],
-)
-def test_failed_log_tail_only_when_the_last_run_failed(ws, mission, history, runs, shown):
-    log = "\n".join(f"line {i}" for i in range(2000)) + "\nRuntimeError: CUDA out of memory"
-    tail = build(ws, mission, runs, history, failed_log_tail=log).failed_log_tail
-    if shown:
-        assert tail.endswith("RuntimeError: CUDA out of memory") and "line 0\n" not in tail
-        assert len(tail) <= context.LOG_TAIL_CHARS
-    else:
-        assert tail == ""
+def test_the_failed_log_tail_is_the_end_of_the_tail_the_loop_gives(ws, mission):
+    log = "\n".join(f"line {i}" for i in range(2000)) + "\nRuntimeError: CUDA out of memory\n"
+    tail = build(ws, mission, [run("a", 0.5)], [summary(1)], failed_log_tail=log).failed_log_tail
+    assert tail.endswith("RuntimeError: CUDA out of memory") and "line 0\n" not in tail
+    assert len(tail) <= context.LOG_TAIL_CHARS
+    assert build(ws, mission, [], [summary(1, "failed", None)]).failed_log_tail == ""
 
 
 def test_history_keeps_only_the_recent_cycles(ws, mission):

@@ -112,6 +112,7 @@ def run_silent(tmp_path, monkeypatch, sleep_s: int, *extra: str) -> Workspace:
     monkeypatch.setenv("PYTHONPATH", str(tmp_path))
     wait = decision("wait", monitor_seconds=1)
     overrides = ["loop.max_cycles=4", "executor.trainer_module=silent_trainer", "loop.stale_orphan_cycles=2"]
+    overrides.append("executor.monitor_seconds_max=1")  # a wait watches until a run ends, at most this
     reason, ws = run_loop(tmp_path, [decision(monitor_seconds=1), wait, wait, wait], *overrides, *extra)
     assert reason == "max_cycles"
     return ws

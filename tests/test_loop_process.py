@@ -160,6 +160,7 @@ def test_a_cycle_killed_after_its_launch_is_committed_with_that_training_not_dec
                 LONG_TRAINING,
                 "loop.poll_seconds=0",
                 "loop.max_cycles=1",
+                "executor.monitor_seconds_max=20",  # the wait watches the long training this long
             )
         )
     )

@@ -298,17 +298,17 @@ def test_a_reused_pid_is_not_mistaken_for_the_run(ws):
     assert (outcome.status, outcome.returncode, outcome.error_tail) == ("failed", None, "")
 
 
-def test_watch_returns_when_every_run_ended_and_beats(ws, store):
+def test_watch_returns_when_a_run_ends_and_beats(ws, store):
     t = trainings(ws, store, max_concurrent=2)
-    for label in ("one", "two"):
-        start(t, label, ["mode=finish"])
+    start(t, "quick", ["mode=finish"])
+    slow = start(t, "slow", ["mode=sleep"])
     beats = []
     started = time.monotonic()
-    outcomes = t.watch(60, lambda: False, lambda: beats.append(1))
+    (outcome,) = t.watch(60, lambda: False, lambda: beats.append(1))
     assert time.monotonic() - started < 10
-    assert sorted(o.run_label for o in outcomes) == ["one", "two"]
-    assert {o.status for o in outcomes} == {"finished"}
-    assert beats
+    assert (outcome.run_label, outcome.status) == ("quick", "finished")
+    assert t.active == [slow] and t.launcher.poll(slow) is None and beats
+    t.stop_all()
 
 
 def test_watch_honours_should_stop(ws, store):
@@ -344,13 +344,20 @@ def test_drain_stops_the_runs_when_asked(ws, store):
 
 
 @pytest.mark.parametrize(
-    ("requested", "active", "expected"),
-    [(0, True, 20.0), (0, False, 0.0), (45, True, 45.0), (9999, False, 600.0)],
+    ("requested", "active", "wait", "expected"),
+    [
+        (0, True, False, 20.0),
+        (0, False, False, 0.0),
+        (45, True, False, 45.0),
+        (9999, False, False, 600.0),
+        (60, True, True, 600.0),  # a wait watches up to the bound; the watch ends when a run does
+        (60, False, True, 60.0),
+    ],
 )
-def test_monitor_window(ws, store, requested, active, expected):
+def test_monitor_window(ws, store, requested, active, wait, expected):
     t = trainings(ws, store)
     t.active = [object()] if active else []
-    assert t.monitor_window(requested) == expected
+    assert t.monitor_window(requested, wait=wait) == expected
 
 
 def test_launch_with_a_missing_interpreter_is_one_clear_failed_end(ws, store, tmp_path):

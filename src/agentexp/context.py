@@ -75,7 +75,7 @@ class Context(BaseModel):
     storyline: list[str]
     """Latest storyline lines, only while stall or failure signals are high."""
     failed_log_tail: str
-    """End of the last run's log, only when that run failed."""
+    """End of the log of the latest training to end, when it failed (the loop knows which: it saw it end)."""
     leaderboard: list[dict[str, Any]]
     """Top configurations by the mission's metric (seed runs grouped), best first."""
     leaderboard_note: str = ""
@@ -122,19 +122,16 @@ class RunView:
     def __init__(self, rows: Sequence[dict[str, Any]], metric: str, previous: RunView | None = None) -> None:
         done = {}
         if previous is not None:
-            pairs = zip(previous.rows, previous._pairs, strict=True)
-            done = {row["run_id"]: (row, pair) for row, pair in pairs}
+            pairs = zip(previous.rows, previous.dumped, strict=True)
+            done = {row["run_id"]: (row, dumped) for row, dumped in pairs}
         rows = [visible(r) for r in rows]
         self.rows, self.metric = rows, metric
-        self._pairs = [_reused(done.get(r["run_id"]), r) or self._converted(r) for r in rows]
-        self.infos = [info for info, _ in self._pairs]
-        self.dumped = [dumped for _, dumped in self._pairs]
+        self.dumped = [_reused(done.get(r["run_id"]), r) or self._converted(r) for r in rows]
         self._boards: dict[str, list[dict[str, Any]]] = {}
         self._note: str | None = None
 
-    def _converted(self, row: dict[str, Any]) -> tuple[RunInfo, dict[str, Any]]:
-        info = RunInfo.from_row(row, self.metric)
-        return info, info.model_dump()
+    def _converted(self, row: dict[str, Any]) -> dict[str, Any]:
+        return RunInfo.from_row(row, self.metric).model_dump()
 
     def leaderboard(self, direction: str) -> list[dict[str, Any]]:
         """The best configurations in the metric's direction, computed once per view."""
@@ -147,15 +144,6 @@ class RunView:
         if self._note is None:
             self._note = ranking.split_note(list(self.rows), self.metric)
         return self._note
-
-
-def last_run_failed(runs: Sequence[RunInfo], history: Sequence[CycleSummary]) -> bool:
-    """Whether the latest run to end failed: the history decides, else the newest ended run."""
-    for summary in reversed(history):
-        if summary.outcome in ("finished", "failed"):
-            return summary.outcome == "failed"
-    ended = [r for r in runs if r.status != "RUNNING"]
-    return bool(ended) and ended[-1].status in ("FAILED", "KILLED")
 
 
 def stall_is_high(signals: Signals) -> bool:
@@ -189,7 +177,8 @@ def build(
     code: dict[str, Any] | None = None,
 ) -> Context:
     """Assemble the context of `cycle` from the workspace, the runs (tracking.run_table rows, newest last,
-    or the loop's RunView of them) and the history."""
+    or the loop's RunView of them) and the history; `failed_log_tail` is the log tail of the latest
+    training to end when it failed ('' otherwise)."""
     view = runs if isinstance(runs, RunView) else RunView(runs, mission.summary_key)
     board = view.leaderboard(mission.direction)
     recent = [s.model_copy(update={"metric": _finite(s.metric)}) for s in history[-HISTORY_CYCLES:]]
@@ -207,14 +196,13 @@ def build(
         "deadline": deadline,
         "decision": decision,
     }
-    failed = last_run_failed(view.infos, history)
     return Context(
         structured=structured,
         workpad_tail=_workpad(workspace),
         mentor_notes_tail=workspace.mentor_notes_tail(MENTOR_NOTES_CHARS).strip(),
         todo_focus=_todo_focus(workspace),
         storyline=workspace.storyline_tail(STORYLINE_LINES) if stall_is_high(signals) else [],
-        failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip() if failed else "",
+        failed_log_tail=failed_log_tail[-LOG_TAIL_CHARS:].strip(),
         leaderboard=board,
         leaderboard_note=view.leaderboard_note(),
         deadline=deadline,

@@ -58,7 +58,8 @@ class WorkerDecision(_Strict):
     overrides: list[Override] = Field([], max_length=20)
     """Hydra overrides for the trainer, e.g. 'optim.lr=3e-4'; only used for train."""
     monitor_seconds: int = Field(0, ge=0)
-    """How long to watch running jobs this cycle; the loop clamps it to its bounds."""
+    """train: seconds to watch the running jobs after the launch (clamped to the loop's bounds); a watch
+    ends as soon as a job ends, and a wait watches until one does, up to the loop's bound."""
     strategy_dimension: StrategyDimension | None = None
     """What kind of change this is; required for train."""
     housekeeping: Housekeeping = Housekeeping()

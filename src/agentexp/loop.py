@@ -194,7 +194,8 @@ class Loop:
         elif decision.action == Action.FINISH:
             cycle.outcome = "finished_loop"
         if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT):
-            seconds = self.trainings.monitor_window(decision.monitor_seconds)
+            chose_wait = decision.action == Action.WAIT and cycle.outcome != "downgraded"  # until a run ends
+            seconds = self.trainings.monitor_window(decision.monitor_seconds, wait=chose_wait)
             beat = self._beat(cycle.number)
             cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat))
 

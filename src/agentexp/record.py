@@ -12,7 +12,7 @@ from agentexp.agents import CallRecord
 from agentexp.agents.mentor import MentorResult, review_todo
 from agentexp.codebase import Experiment
 from agentexp.config import LoopConfig
-from agentexp.decisions import WorkerDecision
+from agentexp.decisions import MentorReview, WorkerDecision
 from agentexp.events import CycleEnd, Launch, MentorRecord
 from agentexp.finishup import PlannedRun
 from agentexp.launchers.base import ActiveRun, RunOutcome
@@ -212,10 +212,23 @@ def keep_house(ws: Workspace, todos: TodoQueue, cycle: Cycle) -> None:
     if chores.todo_new:
         todos.add(chores.todo_new, "worker", cycle.number)
     review = cycle.mentor.review if cycle.mentor else None
-    if review is not None and review.verdict == "off_track":
-        if todo := review_todo(review):
-            todos.add([todo], "mentor", cycle.number)
-        ws.append_mentor_note(cycle.number, f"{review.critical_question or ''} {review.rationale}")
+    if review is None:
+        return
+    if todo := review_todo(review):
+        todos.add([todo], "mentor", cycle.number)
+    if note := mentor_note(review):
+        ws.append_mentor_note(cycle.number, note)
+
+
+def mentor_note(review: MentorReview) -> str:
+    """What a review leaves in the mentor notes (which the next prompts show): a challenge's question
+    and rationale, and the architectures it names to try, whatever its verdict ('' when neither)."""
+    parts = []
+    if review.verdict == "off_track":
+        parts.append(f"{review.critical_question or ''} {review.rationale}".strip())
+    if review.architecture_alternatives:
+        parts.append(f"Architectures to try next: {', '.join(review.architecture_alternatives)}.")
+    return " ".join(parts)
 
 
 def better_of(value: float | None, best: float | None, direction: str) -> float | None:

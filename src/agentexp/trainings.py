@@ -197,9 +197,12 @@ class Trainings:
         """Training slots not taken by a running training."""
         return max(0, self.cfg.max_concurrent - sum(self.launcher.running(run) for run in self.active))
 
-    def monitor_window(self, requested: int) -> float:
-        """Seconds to watch for a decision's `monitor_seconds`: the default for 0 while runs are active."""
-        if requested <= 0 and self.active:
+    def monitor_window(self, requested: int, wait: bool = False) -> float:
+        """Seconds to watch for a decision's `monitor_seconds`: the default for 0 while runs are active;
+        a wait watches for as long as the bound allows (the watch ends when a run does)."""
+        if wait and self.active:
+            requested = self.cfg.monitor_seconds_max
+        elif requested <= 0 and self.active:
             requested = self.cfg.monitor_seconds_default
         return float(min(max(requested, 0), self.cfg.monitor_seconds_max))
 
@@ -212,7 +215,8 @@ class Trainings:
         return self._ended(ended)
 
     def watch(self, seconds: float, should_stop: StopCheck, beat: Beat) -> list[RunOutcome]:
-        """Watch the running trainings for up to `seconds` (clamped), beating; return those that ended."""
+        """Watch the running trainings for up to `seconds` (clamped), beating, until one of them ends (the
+        next cycle decides on that evidence and its free slot); return those that ended."""
         deadline = time.monotonic() + min(max(seconds, 0.0), self.cfg.monitor_seconds_max)
         ended: list[RunOutcome] = []
         while True:
@@ -221,7 +225,7 @@ class Trainings:
             )
             beat()
             left = deadline - time.monotonic()
-            if not self.active or left <= 0 or should_stop():
+            if ended or not self.active or left <= 0 or should_stop():
                 return ended
             time.sleep(min(self.cfg.poll_interval_s, left))
 

@@ -8,7 +8,7 @@ import logging
 import re
 import time
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
@@ -32,6 +32,9 @@ from agentexp.llm.base import (
 )
 from agentexp.mission import Mission
 from agentexp.redact import redact
+
+if TYPE_CHECKING:
+    from agentexp.gate import GateConfig
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +75,15 @@ def fence(text: str) -> str:
     return f"{marker}text\n{text}\n{marker}"
 
 
+def override_value(value: Any) -> str:
+    """A value as an override writes it: null, true/false, 1000000, 0.0003, resnet18."""
+    if value is None or isinstance(value, bool):
+        return json.dumps(value)
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else f"{value:g}"
+    return str(value)
+
+
 @functools.cache
 def environment() -> Environment:
     """The Jinja environment of the prompt templates: a missing variable is an error, never ''."""
@@ -84,6 +96,7 @@ def environment() -> Environment:
         lstrip_blocks=True,
     )
     env.filters["data"] = fence
+    env.filters["override_value"] = override_value
     env.filters["tojson_compact"] = lambda value: json.dumps(value, sort_keys=True, default=str)
     return env
 
@@ -93,8 +106,8 @@ def render(template: str, **values: Any) -> str:
     return environment().get_template(template).render(**values)
 
 
-def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
-    """The template variables both roles use."""
+def prompt_values(mission: Mission, context: Context, gate: GateConfig | None = None) -> dict[str, Any]:
+    """The template variables both roles use; `gate` is what the quality gate accepts (None: not shown)."""
     structured = context.structured
     return {
         "mission": mission,
@@ -103,6 +116,7 @@ def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
         "signals": structured["signals"],
         "history": structured["history"],
         "active_runs": structured["active_runs"],
+        "max_concurrent": structured["max_concurrent"],
         "code": structured["code"],
         "recent_runs": structured["runs"][-RECENT_RUNS:],
         "leaderboard": context.leaderboard,
@@ -113,6 +127,7 @@ def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
         "storyline": context.storyline,
         "failed_log_tail": context.failed_log_tail,
         "deadline": context.deadline,
+        "gate": gate,
         "json_only": JSON_ONLY,
     }
 

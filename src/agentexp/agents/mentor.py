@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from agentexp.agents import CallRecord, ask, prompt_values, render, schema_request
 from agentexp.context import Context
 from agentexp.decisions import MentorReview, WorkerDecision
+from agentexp.gate import GateConfig
 from agentexp.llm.base import DEFAULT_RETRY, Backend, RetryPolicy, StopCheck
 from agentexp.mission import Mission
 from agentexp.signals import CycleSummary, Signals, same_dimension_streak
@@ -94,12 +95,19 @@ class Mentor:
     """Reviews the worker's decision when due; the review may challenge and replace it."""
 
     def __init__(
-        self, backend: Backend, mission: Mission, cfg: MentorConfig, retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        backend: Backend,
+        mission: Mission,
+        cfg: MentorConfig,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        gate: GateConfig | None = None,
     ) -> None:
         self.backend = backend
         self.mission = mission
         self.cfg = cfg
         self.retry = retry
+        self.gate = gate
+        """The quality gate's allowlist, which a replacement decision must pass too."""
 
     def due(
         self, cycle: int, signals: Signals, worker_busy: bool, idle_streak: int, new_evidence: bool
@@ -123,7 +131,7 @@ class Mentor:
         """The rendered mentor prompt."""
         structured = {**context.structured, "decision": decision.model_dump(mode="json")}
         findings = health_findings(structured) if trigger == "health" else []
-        values = prompt_values(self.mission, context)
+        values = prompt_values(self.mission, context, self.gate)
         decision_json = json.dumps(structured["decision"], indent=2)
         return render(
             "mentor.md.j2", **values, trigger=trigger, findings=findings, decision_json=decision_json

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict
 from agentexp.agents import CallRecord, ask, prompt_values, render, schema_request
 from agentexp.context import Context
 from agentexp.decisions import WorkerDecision
+from agentexp.gate import GateConfig
 from agentexp.llm.base import DEFAULT_RETRY, Backend, RetryPolicy, StopCheck
 from agentexp.mission import Mission
 
@@ -32,16 +33,23 @@ class Worker:
     """Asks the backend for the next step; invalid answers are re-asked with the validation error."""
 
     def __init__(
-        self, backend: Backend, mission: Mission, max_reasks: int = 2, retry: RetryPolicy = DEFAULT_RETRY
+        self,
+        backend: Backend,
+        mission: Mission,
+        max_reasks: int = 2,
+        retry: RetryPolicy = DEFAULT_RETRY,
+        gate: GateConfig | None = None,
     ) -> None:
         self.backend = backend
         self.mission = mission
         self.max_reasks = max_reasks
         self.retry = retry
+        self.gate = gate
+        """The quality gate's allowlist, shown in the prompt so the worker need not learn it from refusals."""
 
     def prompt(self, context: Context) -> str:
         """The rendered worker prompt for this context."""
-        return render("worker.md.j2", **prompt_values(self.mission, context))
+        return render("worker.md.j2", **prompt_values(self.mission, context, self.gate))
 
     def decide(self, context: Context, should_stop: StopCheck | None = None) -> WorkerResult:
         """One decision (or an error) for the cycle; a stop cancels the call; ScriptExhausted propagates."""

@@ -47,11 +47,13 @@ def build_loop(cfg: LoopConfig):
     codebase = open_codebase(cfg.code, mission.name, ws.root)
     code = Experiments(cfg.code, codebase, mission.summary_key, mission.direction)
     trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code)
-    worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks, retry=cfg.llm.retry)
+    worker_llm = build_backend(cfg.llm, ws.root)
+    worker = Worker(worker_llm, mission, cfg.loop.max_reasks, retry=cfg.llm.retry, gate=cfg.gate)
     mentor = None
     if cfg.mentor.enabled:
         mentor_llm = cfg.mentor.llm or cfg.llm
-        mentor = Mentor(build_backend(mentor_llm, ws.root), mission, cfg.mentor, retry=mentor_llm.retry)
+        backend = build_backend(mentor_llm, ws.root)
+        mentor = Mentor(backend, mission, cfg.mentor, retry=mentor_llm.retry, gate=cfg.gate)
     finisher = Finisher(ws, tracking.Source(uri, experiment, mission.summary_key, mission.direction))
     return Loop(cfg, mission, ws, tracker, trainings, worker, mentor, finisher)
 
