@@ -28,7 +28,7 @@ def build_loop(cfg: LoopConfig):
     """Wire the components of one loop session from a validated config."""
     from agentexp.agents.mentor import Mentor
     from agentexp.agents.worker import Worker
-    from agentexp.config import MISSIONS_DIR
+    from agentexp.config import MISSIONS_DIR, with_mission_space
     from agentexp.experiments import Experiments, open_codebase
     from agentexp.finisher import Finisher
     from agentexp.launchers.local import LocalLauncher
@@ -38,6 +38,7 @@ def build_loop(cfg: LoopConfig):
     from agentexp.trainings import Trainings
 
     mission = load_mission(cfg.mission, MISSIONS_DIR)
+    cfg = with_mission_space(cfg, mission.space)
     ws = Workspace(cfg.loop.workspace.resolve()).create()
     uri = tracking.resolve_uri(cfg.tracking.uri)
     experiment = tracking.resolve_experiment(cfg.tracking.experiment or mission.name)
