@@ -35,6 +35,7 @@ def build_loop(cfg: LoopConfig):
     from agentexp.llm import build_backend
     from agentexp.loop import Loop
     from agentexp.mission import load_mission
+    from agentexp.pruning import Pruner
     from agentexp.trainings import Trainings
 
     mission = load_mission(cfg.mission, MISSIONS_DIR)
@@ -47,7 +48,8 @@ def build_loop(cfg: LoopConfig):
     stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
     codebase = open_codebase(cfg.code, mission.name, ws.root)
     code = Experiments(cfg.code, codebase, mission.summary_key, mission.direction)
-    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code)
+    pruner = Pruner(cfg.executor.prune, tracker, mission.metric_key, mission.direction)
+    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code, pruner=pruner)
     worker = Worker(build_backend(cfg.llm, ws.root), mission, cfg.loop.max_reasks, retry=cfg.llm.retry)
     mentor = None
     if cfg.mentor.enabled:
