@@ -6,17 +6,23 @@ import math
 import re
 import zlib
 from pathlib import Path
+from types import SimpleNamespace
 
 import optuna
 import pytest
+from helpers import compose_train
 from omegaconf import OmegaConf
 
-from agentexp.config import compose_loop
+from agentexp import noise
+from agentexp.config import ConfigError, compose_loop, with_mission_space
 from agentexp.decisions import Action, MentorReview, WorkerDecision, json_schema
 from agentexp.gate import GateConfig, check, check_composes
 from agentexp.llm import LLMError, LLMRequest, build_backend, parse_llm_config
 from agentexp.llm.planner import PlannerBackend
 from agentexp.llm.planner.space import SearchSpace
+from agentexp.mission import load_mission
+from agentexp.pruning import behind
+from agentexp.signals import CycleSummary, compute, stall_cycles, stall_trainings
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 SPACE = compose_loop(["llm=planner"]).llm.space  # the shipped space, filled with the gate's choices
@@ -237,9 +243,14 @@ def test_high_non_training_priority_analyzes_once_with_per_dimension_notes():
     assert work(planner(), context(runs, signals=signals, history=[analyzed(4)])).action == Action.TRAIN
 
 
+LRS = [5e-4, 2e-3, 3e-3]
+
+
 def test_a_long_stagnant_stretch_moves_the_incumbent_to_an_untried_model():
     seeded = run(2, 0.92) | {"overrides": run(2, 0.92)["overrides"] + ["trainer.seed=1"]}
-    runs = [run(1, 0.93), seeded] + [run(3 + i, 0.90, optim__lr=lr) for i, lr in enumerate([5e-4, 2e-3, 3e-3])]
+    runs = [run(1, 0.93), seeded] + [
+        run(3 + i, 0.90, optim__lr=lr) for i, lr in enumerate([5e-4, 2e-3, 3e-3])
+    ]
     calm = work(planner(), context(runs))  # 3 challengers failed: not yet a breakout
     runs.append(run(6, 0.91, model="mobilenetv3_small_100"))
     pushed = work(planner(), context(runs))
@@ -339,3 +350,101 @@ def test_an_unreadable_context_is_one_clear_error():
     request = LLMRequest(role="worker", prompt="decide", json_schema={}, context={"runs": "not a list"})
     with pytest.raises(LLMError, match="cannot read the context"):
         planner().decide(request)
+
+
+# ---- noise-aware selection, budget, space -------------------------------------------------------
+def seeded(n: int, metric: float, seed: int, **params) -> dict:
+    found = run(n, metric, **params)
+    return found | {"overrides": found["overrides"] + [f"trainer.seed={seed}"]}
+
+
+def test_noise_band_is_the_largest_seed_spread_and_beats_needs_more_than_it():
+    groups = [SimpleNamespace(n=1, std=None), SimpleNamespace(n=3, std=0.02), SimpleNamespace(n=2, std=0.05)]
+    assert noise.band(groups) == 0.05 and noise.band(groups[:1]) == 0.0
+    assert noise.beats(0.86, 0.80, 0.05, "maximize") and not noise.beats(0.84, 0.80, 0.05, "maximize")
+    assert noise.beats(0.30, 0.40, 0.05, "minimize") and not noise.beats(0.38, 0.40, 0.05, "minimize")
+
+
+def test_the_default_config_comes_first_then_a_second_seed_of_it_measures_the_noise():
+    first = work(planner(), context([]))
+    assert config_of(first.overrides) == SearchSpace(SPACE).defaults() and seed_of(first) is None
+    assert "default config" in first.rationale
+    second = work(planner(), context([finished(1, first, 0.8)]))
+    assert (
+        second.overrides == [*first.overrides, "trainer.seed=1"] and second.strategy_dimension == "evaluation"
+    )
+
+
+def test_a_challenger_within_the_noise_band_is_confirmed_before_it_replaces_the_incumbent():
+    incumbent = [run(1, 0.80), seeded(2, 0.84, 1)]  # mean 0.82, seed band 0.028
+    close = run(3, 0.835, optim__lr=3e-3)  # ahead by 0.015: within the band
+    decision = work(planner(), context([*incumbent, close]))
+    assert config_of(decision.overrides) == config_of(close["overrides"]) and seed_of(decision) == 1
+    assert "confirming" in decision.rationale and decision.rationale.startswith("Best so far run 0001abcd")
+    confirmed = seeded(4, 0.83, 1, optim__lr=3e-3)  # mean 0.8325: ahead over two seeds, it replaces
+    after = work(planner(), context([*incumbent, close, confirmed]))
+    assert after.rationale.startswith("Best so far run 0003abcd") and seed_of(after) is None
+    refuted = seeded(4, 0.79, 1, optim__lr=3e-3)  # mean 0.8125: the incumbent stays, no third seed
+    after = work(planner(), context([*incumbent, close, refuted]))
+    assert after.rationale.startswith("Best so far run 0001abcd") and seed_of(after) is None
+    far = run(3, 0.90, optim__lr=3e-3)  # beyond the band: replaces at once
+    after = work(planner(), context([*incumbent, far]))
+    assert after.rationale.startswith("Best so far run 0003abcd") and seed_of(after) is None
+
+
+def test_stall_is_counted_in_trainings_not_in_wait_cycles():
+    history = [
+        CycleSummary(cycle=1, action="train", outcome="launched", strategy_dimension="optimization"),
+        CycleSummary(cycle=2, action="wait", outcome="finished", metric=0.8),
+        *(CycleSummary(cycle=c, action="wait", outcome="waited") for c in range(3, 12)),
+        CycleSummary(cycle=12, action="train", outcome="launched", strategy_dimension="loss"),
+    ]
+    assert stall_cycles(history) == 10 and stall_trainings(history) == 1
+    signals = compute(history, open_todos=0)
+    assert signals.stall_trainings == 1 and signals.breakout_priority < 0.2  # nine waits cost no budget
+
+
+def test_median_rule_stops_a_run_behind_the_others_at_the_same_epoch():
+    others = [[0.6, 0.70, 0.8], [0.5, 0.65, 0.75], [0.55, 0.72, 0.78]]
+    assert behind([0.5, 0.55], others, "maximize")  # epoch 1: best so far 0.55 < median 0.70
+    assert not behind([0.5, 0.71], others, "maximize")
+    assert not behind([0.75, 0.60], others, "maximize")  # its best so far counts, not its last epoch
+    assert not behind([0.1], others, "maximize")  # epoch 0 is the warm-up
+    assert not behind([0.5, 0.55], others[:2], "maximize")  # two peers: no median trusted yet
+    assert not behind([0.5, 0.55, 0.6, 0.6], others, "maximize")  # no peer reached epoch 3
+    assert behind([0.9, 0.8], [[1.0, 0.5]] * 3, "minimize") and not behind(
+        [0.9, 0.4], [[1.0, 0.5]] * 3, "minimize"
+    )
+
+
+def test_the_shipped_space_covers_what_a_practitioner_searches():
+    lr = SPACE["optim.lr"]
+    assert lr["low"] <= 1e-4 and lr["high"] >= 3e-2 and lr["log"]
+    assert "low" in SPACE["loss.label_smoothing"] and "low" in SPACE["model.drop_rate"]  # floats
+    assert set(SPACE["optim"]["choices"]) == {"adamw", "sgd"} and len(SPACE["optim.schedule"]["choices"]) == 3
+    assert "resnet10t" in MODELS
+    cfg = compose_train(["model=resnet10t", "model.drop_rate=0.2", "optim=sgd", "loss.label_smoothing=0.05"])
+    assert (cfg.model.name, cfg.model.drop_rate, cfg.optim.name, cfg.loss.label_smoothing) == (
+        "resnet10t",
+        0.2,
+        "sgd",
+        0.05,
+    )
+
+
+def test_a_mission_space_is_merged_and_checked_against_the_gate(tmp_path):
+    for name in ("WORKER_MISSION.md", "MENTOR_MISSION.md"):
+        (tmp_path / name).write_text((CONF.parent / "missions" / name).read_text())
+    (tmp_path / "small").mkdir()
+    front = (
+        "metric: auroc\ndirection: maximize\n"
+        "space:\n  data.image_size: {choices: [32, 64], default: 32}\n  aug: null\n"
+    )
+    (tmp_path / "small" / "mission.md").write_text(f"---\n{front}---\n# Small\n")
+    cfg = with_mission_space(compose_loop(["llm=planner"]), load_mission("small", tmp_path).space)
+    assert cfg.llm.space["data.image_size"]["choices"] == [32, 64] and "aug" not in cfg.llm.space
+    assert cfg.llm.space["optim.lr"] == SPACE["optim.lr"]
+    outside = {"optim.lr": {"low": 1e-6, "high": 1e-2, "log": True, "default": 1e-3}}
+    with pytest.raises(ConfigError) as err:
+        with_mission_space(compose_loop(["llm=planner"]), outside)
+    assert str(err.value) == "llm.space optim.lr low 1e-06 is outside the gate's range 1e-05..1.0"
