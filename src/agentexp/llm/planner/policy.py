@@ -180,7 +180,7 @@ def _default(ev: Evidence) -> Proposal | None:
 def _measure_noise(ev: Evidence) -> Proposal | None:
     """Until some configuration has several seeds: another seed of the incumbent (the seed-noise band)."""
     best = ev.best
-    if best is None or any(g.n > 1 for g in ev.groups) or ev.space.key(best.config) in ev.pending:
+    if best is None or any(g.n >= NOISE_SEEDS for g in ev.groups) or ev.space.key(best.config) in ev.pending:
         return None
     seed = ev.next_seed(best)
     how = (
@@ -226,7 +226,7 @@ def _wait(ctx: PlannerContext) -> dict[str, Any]:
         "action": "wait",
         "rationale": (
             f"{len(ctx.active_runs)} of {ctx.max_concurrent} training slot(s) busy ({active}); "
-            f"monitoring for {WAIT_SECONDS}s before proposing the next configuration."
+            f"watching for up to {WAIT_SECONDS}s (until a run ends) before proposing the next configuration."
         ),
         "monitor_seconds": WAIT_SECONDS,
     }
