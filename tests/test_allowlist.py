@@ -62,7 +62,7 @@ def test_a_group_without_presets_is_a_config_error():
         (
             "llm.space.model.choices=[resnet18,resnet50]",
             "llm.space model choice resnet50 is not among the gate's choices (convnext_atto, "
-            "efficientnet_b0, mobilenetv3_small_100, regnetx_002, resnet18, resnet34)",
+            "efficientnet_b0, mobilenetv3_small_100, regnetx_002, resnet10t, resnet18, resnet34)",
         ),
     ],
 )
@@ -91,7 +91,7 @@ def test_the_default_loop_takes_the_planner_choices_it_does_not_restrict_from_th
     cfg = compose_loop([])
     assert cfg.llm.name == "planner" and cfg.mentor.llm is None
     assert cfg.llm.space["aug"]["choices"] == ["light", "none", "strong"]
-    assert cfg.llm.space["loss"]["choices"] == ["ce", "smooth"]
+    assert cfg.llm.space["optim.schedule"]["choices"] == ["cosine", "onecycle", "constant"]
     assert "resnet34" not in cfg.llm.space["model"]["choices"]  # a restriction the planner names stays
 
 

@@ -108,6 +108,7 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "breakout_priority",
         "todo_pressure",
         "stall_cycles",
+        "stall_trainings",
     }
     assert s["history"] == [
         {

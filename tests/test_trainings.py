@@ -12,11 +12,13 @@ from pathlib import Path
 import psutil
 import pytest
 from helpers import TINY, wait_for
+from mlflow.tracking import MlflowClient
 
 from agentexp import tracking
 from agentexp.events import Launch, Launched, RunEnd
 from agentexp.launchers.base import ActiveRun, Handle
 from agentexp.launchers.local import LocalLauncher, alive
+from agentexp.pruning import PRUNED, PruneConfig, Pruner
 from agentexp.repair import RepairConfig
 from agentexp.trainings import ExecutorConfig, Trainings
 
@@ -385,3 +387,26 @@ def test_real_trainer_run_is_nested_under_its_parent(ws, store):
     assert trained.data.tags[tracking.RUN_DIR] == str(ws.root.resolve() / "runs" / "tiny-real-trace-real")
     assert outcome.metric == pytest.approx(trained.data.metrics["best_val_acc"])
     assert Path(trained.data.tags[tracking.RUN_DIR]).is_dir()
+
+
+def test_a_training_behind_the_finished_ones_median_is_pruned_through_the_launcher(ws, store):
+    tracker = tracking.Tracker(store.uri, "test")
+    client = MlflowClient(store.uri)
+    for _ in range(3):  # finished peers at val_acc 0.8 by epoch 1
+        peer = client.create_run(tracker.experiment_id, tags={tracking.KIND: "train"}).info.run_id
+        for epoch, value in enumerate([0.5, 0.8]):
+            client.log_metric(peer, "val_acc", value, step=epoch)
+        client.set_terminated(peer, "FINISHED")
+    executor = ExecutorConfig(trainer_module="fake_trainer", poll_interval_s=0.05, stop_grace_s=5.0)
+    pruner = Pruner(PruneConfig(check_every_s=0), tracker, "val_acc", "maximize")
+    t = Trainings(ws, LocalLauncher(5.0), executor, RepairConfig(enabled=False), tracker, pruner=pruner)
+    slow = start(t, "slow-run", ["mode=sleep"])
+    mine = client.create_run(
+        tracker.experiment_id, tags={tracking.KIND: "train", tracking.RUN_DIR: str(slow.run_dir)}
+    )
+    client.log_metric(mine.info.run_id, "val_acc", 0.45, step=0)
+    assert t.watch(0.3, lambda: False, lambda: None) == [] and t.active  # epoch 0: the warm-up
+    client.log_metric(mine.info.run_id, "val_acc", 0.5, step=1)  # epoch 1: best 0.5 < median 0.8
+    (outcome,) = t.watch(10, lambda: False, lambda: None)
+    assert outcome.status == "killed" and not t.active and not alive(slow.pid)
+    assert client.get_run(mine.info.run_id).data.tags[PRUNED] == "true"

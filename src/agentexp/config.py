@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -101,6 +102,22 @@ def _fit_planner_spaces(cfg: LoopConfig) -> LoopConfig:
     except ValueError as err:
         raise ConfigError(str(err)) from None
     return cfg.model_copy(update={"llm": llm, "mentor": cfg.mentor.model_copy(update={"llm": mentor_llm})})
+
+
+def with_mission_space(cfg: LoopConfig, space: dict[str, dict[str, Any] | None]) -> LoopConfig:
+    """The loop config with a mission's planner space merged over llm.space (null removes a key), checked
+    against the gate like the shipped one; a ConfigError in one sentence."""
+    if not space:
+        return cfg
+
+    def merged(llm: LLMConfig | None) -> LLMConfig | None:
+        if not isinstance(llm, PlannerConfig):
+            return llm
+        spec = {k: v for k, v in {**llm.space, **space}.items() if v is not None}
+        return llm.model_copy(update={"space": spec})
+
+    update = {"llm": merged(cfg.llm), "mentor": cfg.mentor.model_copy(update={"llm": merged(cfg.mentor.llm)})}
+    return _fit_planner_spaces(cfg.model_copy(update=update))
 
 
 def _fit(llm: LLMConfig, gate: GateConfig, where: str) -> LLMConfig:

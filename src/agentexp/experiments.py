@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from agentexp import gate, ranking, tracking
+from agentexp import gate, noise, ranking, tracking
 from agentexp.codebase import Codebase, CodeConfig, CodeError, Experiment
 from agentexp.decisions import WorkerDecision
 from agentexp.events import CodeOutcome, LaunchIntent
@@ -163,10 +163,10 @@ class Experiments:
             return Verdict("failed", "its training left no finished run with the metric")
         if not others:
             return Verdict("kept", "no other configuration to beat yet")
-        gain = (mine[0].mean - others[0].mean) * (1 if self.direction == "maximize" else -1)
-        band = noise_band(entries) + self.cfg.keep_margin
+        gain = noise.gain(mine[0].mean, others[0].mean, self.direction)
+        band = noise.band(entries) + self.cfg.keep_margin
         versus = f"{mine[0].metric_text()} vs {others[0].metric_text()} (gain {gain:+.4f}, band {band:.4f})"
-        if gain > band:
+        if noise.beats(mine[0].mean, others[0].mean, band, self.direction):
             return Verdict("kept", f"beats {others[0].run_label} beyond the noise band: {versus}")
         if gain > 0 and self.cfg.keep_rule == "confirm" and not confirmed:
             return Verdict("confirming", f"ahead of {others[0].run_label} within the noise band: {versus}")
@@ -180,13 +180,6 @@ class Experiments:
         if verdict.outcome in ("discarded", "failed"):
             self.codebase.discard(exp)
         return verdict.outcome
-
-
-def noise_band(entries: list[ranking.Entry]) -> float:
-    """The seed noise of the mission: the largest seed spread (std) of a configuration with several seed
-    runs, 0 until one has them."""
-    spreads = [e.std for e in entries if e.n > 1 and e.std is not None]
-    return max(spreads, default=0.0)
 
 
 def tags(exp: Experiment, outcome: str) -> dict[str, str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -37,6 +37,9 @@ class FrontMatter(BaseModel):
     """Which way is better."""
     overrides: list[str] = Field(default_factory=list)
     """Trainer overrides prepended to every training (data preset and the like)."""
+    space: dict[str, dict[str, Any] | None] = Field(default_factory=dict)
+    """The planner's search space for this mission, merged over llm.space: a key's spec replaces the
+    shipped one, null removes the key (e.g. `data.image_size: {choices: [32, 64], default: 64}`)."""
 
 
 class Mission(BaseModel):
@@ -56,6 +59,8 @@ class Mission(BaseModel):
     """Which way is better."""
     overrides: list[str]
     """Prepended to every training: the front matter's overrides, then `metric=<metric>`."""
+    space: dict[str, dict[str, Any] | None] = {}
+    """The mission's planner search space changes (see FrontMatter.space)."""
     worker_rules: list[str]
     """The AI-Builder's rules, in order."""
     mentor_rules: list[str]
@@ -144,6 +149,7 @@ def load_mission(name: str, missions_dir: Path = MISSIONS_DIR) -> Mission:
         metric_key=METRIC_KEYS[front.metric],
         direction=front.direction,
         overrides=overrides,
+        space=front.space,
         worker_rules=worker_rules,
         mentor_rules=mentor_rules,
         worker_contract=worker_contract.strip(),

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 Outcome = Literal["launched", "finished", "failed", "waited", "downgraded", "analyzed", "finished_loop"]
 Direction = Literal["maximize", "minimize"]
 
-STALL_SCALE = 6  # cycles without improvement at which the stall part of breakout saturates
+STALL_SCALE = 6  # trainings without improvement at which the stall part of breakout saturates
 REPEAT_SCALE = 3  # extra same-dimension trainings in a row at which repetition saturates
 EARLY_CYCLES = 6  # cycles during which research starts high and fades
 DIMENSIONS_WANTED = 5  # distinct strategy dimensions after which research no longer asks for more
@@ -55,15 +55,18 @@ class Signals(BaseModel):
     todo_pressure: float
     """How much the open TODO backlog asks for attention."""
     stall_cycles: int
-    """Cycles since the best metric last improved."""
+    """Cycles since the best metric last improved (waits included)."""
+    stall_trainings: int = 0
+    """Trainings launched since the best metric last improved: what a stall costs (breakout uses it)."""
 
 
 def _clamp(value: float) -> float:
     return round(min(1.0, max(0.0, value)), 4)
 
 
-def stall_cycles(history: Sequence[CycleSummary], direction: Direction = "maximize") -> int:
-    """Cycles after the one that last improved the best metric (0 while no run has a metric yet)."""
+def _last_improved(history: Sequence[CycleSummary], direction: Direction) -> int:
+    """How many cycles lie up to the one that last improved the best metric (all of them while no run has
+    a metric yet)."""
     sign = 1.0 if direction == "maximize" else -1.0
     best, last_improved = None, len(history)
     for index, summary in enumerate(history, 1):
@@ -71,7 +74,18 @@ def stall_cycles(history: Sequence[CycleSummary], direction: Direction = "maximi
             continue
         if best is None or sign * summary.metric > sign * best:
             best, last_improved = summary.metric, index
-    return len(history) - last_improved
+    return last_improved
+
+
+def stall_cycles(history: Sequence[CycleSummary], direction: Direction = "maximize") -> int:
+    """Cycles after the one that last improved the best metric (0 while no run has a metric yet)."""
+    return len(history) - _last_improved(history, direction)
+
+
+def stall_trainings(history: Sequence[CycleSummary], direction: Direction = "maximize") -> int:
+    """Trainings launched after the cycle that last improved the best metric: waits and analyses do not
+    count, so a stall is measured in the budget it spent (0 while no run has a metric yet)."""
+    return len(_trainings(history[_last_improved(history, direction) :]))
 
 
 def _is_training(summary: CycleSummary) -> bool:
@@ -115,7 +129,7 @@ def trainings_since_analysis(history: Sequence[CycleSummary]) -> int:
 
 def compute(history: Sequence[CycleSummary], open_todos: int, direction: Direction = "maximize") -> Signals:
     """All signals for the next cycle from the completed cycles (oldest first)."""
-    stall = stall_cycles(history, direction)
+    stall = stall_trainings(history, direction)
     distinct = {s.strategy_dimension for s in _trainings(history) if s.strategy_dimension}
     # breakout: mostly the stall, partly repeating one dimension
     stall_part = stall / STALL_SCALE
@@ -131,5 +145,6 @@ def compute(history: Sequence[CycleSummary], open_todos: int, direction: Directi
         non_training_priority=_clamp(max(failing, unanalysed)),
         breakout_priority=_clamp(breakout),
         todo_pressure=_clamp(open_todos / TODO_SCALE),
-        stall_cycles=stall,
+        stall_cycles=stall_cycles(history, direction),
+        stall_trainings=stall,
     )

@@ -39,6 +39,7 @@ from agentexp.launchers.base import (
     training_argv,
     training_env,
 )
+from agentexp.pruning import PRUNED, PruneConfig, Pruner
 from agentexp.repair import RepairConfig
 from agentexp.workspace import Workspace
 
@@ -65,6 +66,8 @@ class ExecutorConfig(BaseModel):
     """Decisions asking to watch longer are cut to this."""
     poll_interval_s: float = Field(1.0, gt=0)
     """Seconds between two looks at the running trainings."""
+    prune: PruneConfig = PruneConfig()
+    """Multi-fidelity: stop a training behind the others at the same epoch (see agentexp.pruning)."""
     stop_grace_s: float = Field(30.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when stopping a training."""
 
@@ -99,9 +102,10 @@ class Trainings:
         stale_after_cycles: int = 5,
         stop_stale: bool = False,
         code: Experiments | None = None,
+        pruner: Pruner | None = None,
     ) -> None:
         self.ws, self.launcher, self.cfg, self.repair_cfg = workspace, launcher, cfg, repair_cfg
-        self.tracker, self.code = tracker, code
+        self.tracker, self.code, self.pruner = tracker, code, pruner
         self.stale_after_cycles, self.stop_stale = stale_after_cycles, stop_stale
         self.active: list[ActiveRun] = []
         self.launched = 0
@@ -210,9 +214,7 @@ class Trainings:
 
     def poll(self, cycle: int, trace: str, idle_streak: int, idle_since: float | None) -> list[RunOutcome]:
         """The trainings that ended since the last look, stale orphans included (reported, maybe stopped)."""
-        ended = [(run, outcome) for run in self.active if (outcome := self.launcher.poll(run))]
-        ended += self._stale(cycle, trace, idle_streak, idle_since)
-        return self._ended(ended)
+        return self._ended(self._look() + self._stale(cycle, trace, idle_streak, idle_since))
 
     def watch(self, seconds: float, should_stop: StopCheck, beat: Beat) -> list[RunOutcome]:
         """Watch the running trainings for up to `seconds` (clamped), beating, until one of them ends (the
@@ -220,14 +222,21 @@ class Trainings:
         deadline = time.monotonic() + min(max(seconds, 0.0), self.cfg.monitor_seconds_max)
         ended: list[RunOutcome] = []
         while True:
-            ended += self._ended(
-                [(run, outcome) for run in self.active if (outcome := self.launcher.poll(run))]
-            )
+            ended += self._ended(self._look())
             beat()
             left = deadline - time.monotonic()
             if ended or not self.active or left <= 0 or should_stop():
                 return ended
             time.sleep(min(self.cfg.poll_interval_s, left))
+
+    def _look(self) -> list[tuple[ActiveRun, RunOutcome]]:
+        """The trainings that ended, and those the pruner stopped (KILLED, tagged agentexp.pruned=true)."""
+        ended = [(run, outcome) for run in self.active if (outcome := self.launcher.poll(run))]
+        running = [run for run in self.active if all(run is not r for r, _ in ended)]
+        for run, run_id in self.pruner.behind(running) if self.pruner else []:
+            ended.append((run, self.launcher.terminate(run)))
+            tracking.set_tags(self.tracker.uri, run_id, {PRUNED: "true"})
+        return ended
 
     def stop_all(self) -> list[RunOutcome]:
         """Stop every running training (their runs end KILLED)."""

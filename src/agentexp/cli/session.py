@@ -28,16 +28,18 @@ def build_loop(cfg: LoopConfig):
     """Wire the components of one loop session from a validated config."""
     from agentexp.agents.mentor import Mentor
     from agentexp.agents.worker import Worker
-    from agentexp.config import MISSIONS_DIR
+    from agentexp.config import MISSIONS_DIR, with_mission_space
     from agentexp.experiments import Experiments, open_codebase
     from agentexp.finisher import Finisher
     from agentexp.launchers.local import LocalLauncher
     from agentexp.llm import build_backend
     from agentexp.loop import Loop
     from agentexp.mission import load_mission
+    from agentexp.pruning import Pruner
     from agentexp.trainings import Trainings
 
     mission = load_mission(cfg.mission, MISSIONS_DIR)
+    cfg = with_mission_space(cfg, mission.space)
     ws = Workspace(cfg.loop.workspace.resolve()).create()
     uri = tracking.resolve_uri(cfg.tracking.uri)
     experiment = tracking.resolve_experiment(cfg.tracking.experiment or mission.name)
@@ -46,7 +48,8 @@ def build_loop(cfg: LoopConfig):
     stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
     codebase = open_codebase(cfg.code, mission.name, ws.root)
     code = Experiments(cfg.code, codebase, mission.summary_key, mission.direction)
-    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code)
+    pruner = Pruner(cfg.executor.prune, tracker, mission.metric_key, mission.direction)
+    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code, pruner=pruner)
     worker_llm = build_backend(cfg.llm, ws.root)
     worker = Worker(worker_llm, mission, cfg.loop.max_reasks, retry=cfg.llm.retry, gate=cfg.gate)
     mentor = None

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import dataclass
+import statistics
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from agentexp import noise
 from agentexp.llm.planner.space import Config, ParamSpec, SearchSpace, Value, fmt_value, short_num
 
 log = logging.getLogger(__name__)
@@ -65,6 +67,8 @@ class SignalsView(_View):
     """How much the history asks to break out of the current model family."""
     stall_cycles: int = 0
     """Cycles since the best metric last improved."""
+    stall_trainings: int = 0
+    """Trainings since the best metric last improved."""
 
 
 class HistoryView(_View):
@@ -106,28 +110,118 @@ class KnownRun:
     status: str
     config: Config
     metric: float | None
+    seed: int | None = None
+    """The run's trainer.seed override (None: the trainer's default seed)."""
 
     def cite(self) -> str:
         return f"run {_short_id(self.run_id)} ({self.label}) {_fmt_metric(self.metric)}"
 
 
+@dataclass
+class Group:
+    """One configuration's finished seed runs (oldest first): what the noise rule compares."""
+
+    runs: list[KnownRun] = field(default_factory=list)
+
+    @property
+    def config(self) -> Config:
+        return self.runs[0].config
+
+    @property
+    def run_id(self) -> str:
+        return self.runs[0].run_id
+
+    @property
+    def label(self) -> str:
+        return self.runs[0].label
+
+    @property
+    def metric(self) -> float:
+        """The mean over its seed runs."""
+        return statistics.fmean(r.metric for r in self.runs)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs)
+
+    @property
+    def std(self) -> float | None:
+        return statistics.stdev(r.metric for r in self.runs) if self.n > 1 else None
+
+    def cite(self) -> str:
+        value = (
+            _fmt_metric(self.metric)
+            if self.n == 1
+            else f"{self.metric:.4g} ± {self.std:.2g} ({self.n} seeds)"
+        )
+        return f"run {_short_id(self.run_id)} ({self.label}) {value}"
+
+
 class Evidence:
-    """What the runs in the context say: their configs, the best finished run, what was tried."""
+    """What the runs in the context say: their configs grouped over seeds, the seed-noise band, the
+    incumbent (the configuration to beat), what was tried."""
 
     def __init__(self, ctx: PlannerContext, space: SearchSpace):
         self.space = space
         self.maximize = ctx.metric.direction == "maximize"
+        self.direction = ctx.metric.direction
         self.metric_name = ctx.metric.summary
         self.runs = [run for view in ctx.runs if (run := _known(view, space)) is not None]
         self.skipped = len(ctx.runs) - len(self.runs)
         self.finished = [r for r in self.runs if r.status == "FINISHED" and r.metric is not None]
         self.tried = {space.key(r.config) for r in self.runs}
-        self.best = self.best_of(self.finished)
+        self.pending = {space.key(r.config) for r in self.runs if r.status == "RUNNING"}
+        groups: dict[tuple, Group] = {}
+        for run in self.finished:
+            groups.setdefault(space.key(run.config), Group()).runs.append(run)
+        self.groups = list(groups.values())
+        """Finished configurations in the order their first run appears."""
+        self.band = noise.band(self.groups)
+        self.best, self.challengers = self._incumbent()
+
+    def _incumbent(self) -> tuple[Group | None, int]:
+        """The configuration to beat, and how many configurations since it became it did not replace it.
+
+        The first finished configuration starts as the incumbent; a later one replaces it when its mean
+        beats the incumbent's beyond the seed-noise band, or, once confirmed by a second seed, when its
+        mean is ahead at all (the confirmation settled what the band left open)."""
+        best, challengers = None, 0
+        for group in self.groups:
+            if best is None:
+                best = group
+                continue
+            gain = noise.gain(group.metric, best.metric, self.direction)
+            if noise.beats(group.metric, best.metric, self.band, self.direction) or (
+                group.n > 1 and gain > 0
+            ):
+                best, challengers = group, 0
+            else:
+                challengers += 1
+        return best, challengers
+
+    def unconfirmed(self) -> Group | None:
+        """The best configuration ahead of the incumbent within the noise band and still on one seed."""
+        if self.best is None:
+            return None
+        ahead = [
+            g
+            for g in self.groups
+            if g is not self.best
+            and g.n == 1
+            and noise.gain(g.metric, self.best.metric, self.direction) > 0
+            and self.space.key(g.config) not in self.pending
+        ]
+        return self.best_of(ahead)
+
+    def next_seed(self, group: Group) -> int:
+        """A training seed none of the configuration's runs used."""
+        seeds = [r.seed for r in self.runs if self.space.key(r.config) == self.space.key(group.config)]
+        return 1 + max((s for s in seeds if s is not None), default=0)
 
     def better(self, a: float, b: float) -> bool:
         return a > b if self.maximize else a < b
 
-    def best_of(self, runs: list[KnownRun]) -> KnownRun | None:
+    def best_of(self, runs: list):
         best = None
         for run in runs:
             if best is None or self.better(run.metric, best.metric):
@@ -138,18 +232,6 @@ class Evidence:
         spec = self.space.params.get("model")
         used = {r.config["model"] for r in self.runs}
         return [] if spec is None else [m for m in spec.choices if m not in used]
-
-    def uncompared_models(self) -> list[Value]:
-        """Models without a head-to-head run: one whose other settings equal another model's run."""
-        spec = self.space.params.get("model")
-        if spec is None:
-            return []
-        models_by_settings: dict[tuple, set[Value]] = {}
-        for run in self.runs:
-            settings = tuple(v for k, v in run.config.items() if k != "model")
-            models_by_settings.setdefault(settings, set()).add(run.config["model"])
-        compared = set().union(*(m for m in models_by_settings.values() if len(m) > 1))
-        return [m for m in spec.choices if m not in compared]
 
     def reference(self) -> Config:
         return self.best.config if self.best else self.space.defaults()
@@ -196,7 +278,9 @@ def _known(view: RunView, space: SearchSpace) -> KnownRun | None:
         log.debug("planner skips run %s: its overrides fall outside the search space", view.run_id)
         return None
     metric = view.metric if view.metric is not None and math.isfinite(view.metric) else None
-    return KnownRun(view.run_id, view.run_label or view.run_id, view.status.upper(), config, metric)
+    seeds = [o.partition("=")[2] for o in view.overrides if o.startswith("trainer.seed=")]
+    seed = int(seeds[-1]) if seeds and seeds[-1].isdigit() else None
+    return KnownRun(view.run_id, view.run_label or view.run_id, view.status.upper(), config, metric, seed)
 
 
 def _runs(n: int) -> str:

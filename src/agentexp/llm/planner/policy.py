@@ -10,14 +10,17 @@ from typing import Any
 import numpy as np
 import optuna
 
+from agentexp import noise
 from agentexp.llm.planner.evidence import Evidence, PlannerContext
 from agentexp.llm.planner.space import Config, SearchSpace, Value
 
-WAIT_SECONDS = 60  # seconds to monitor a busy slot before looking again
+WAIT_SECONDS = 60  # seconds to monitor a busy slot at most: the watch ends as soon as a run ends
 MAX_ASKS = 24  # sampler re-asks before falling back to neighbours, then the grid
 HIGH_SIGNAL = 0.7  # a priority signal at or above this changes what the planner does
-STALL_CYCLES = 3  # stall_cycles signal that counts as a stagnant stretch
-STALL_RUNS = 3  # finished runs in a row without a new best that count as a stagnant stretch
+STALL_TRAININGS = 3  # stall_trainings signal that counts as a stagnant stretch
+STALL_RUNS = 3  # configurations in a row that did not replace the incumbent: a stagnant stretch
+BREAKOUT_RUNS = 4  # such configurations before the worker itself moves the incumbent to an untried model
+NOISE_SEEDS = 2  # seed runs of the first incumbent that measure the seed-noise band
 ANALYZE_GAP = 3  # cycles of history that must hold no analyze before another one
 
 
@@ -27,6 +30,8 @@ class Proposal:
 
     config: Config
     how: str
+    seed: int | None = None
+    """A new trainer.seed for a repeat of a trained configuration (None: the config's first run)."""
 
 
 class Planner:
@@ -39,65 +44,57 @@ class Planner:
 
     # ---- worker ----------------------------------------------------------------------------
     def work(self, ctx: PlannerContext) -> dict[str, Any]:
-        """A WorkerDecision (as a dict) for this cycle."""
+        """A WorkerDecision (as a dict) for this cycle.
+
+        The budget goes, in this order, to: the trainer's default config (the first incumbent), one
+        more seed of it (the seed-noise band), a confirmation seed for a challenger ahead of the
+        incumbent within the band, a breakout onto an untried model after a long stagnant stretch,
+        and otherwise a TPE proposal.
+        """
         ev = Evidence(ctx, self.space)
         if ctx.active_runs and len(ctx.active_runs) >= ctx.max_concurrent:
             return _wait(ctx)
         if _wants_analysis(ctx, ev):
             return _analyze(ctx, ev, "non_training_priority is high")
-        proposal = self._breakout(ctx, ev) or self._coverage(ev) or self._propose(ev)
+        proposal = (
+            _default(ev) or _measure_noise(ev) or _confirm(ev) or self._breakout(ev) or self._propose(ev)
+        )
         if proposal is None:
             return _exhausted(ctx, ev)
         return self._train(ctx, ev, proposal)
 
-    def _breakout(self, ctx: PlannerContext, ev: Evidence) -> Proposal | None:
-        """High breakout_priority: the best run's settings on an untried (else the least tried) model."""
-        if ctx.signals.breakout_priority < HIGH_SIGNAL or ev.best is None:
-            return None
+    def _breakout(self, ev: Evidence) -> Proposal | None:
+        """After BREAKOUT_RUNS configurations in a row failed to replace the incumbent: its settings on an
+        untried model (the one move TPE makes poorly at a small budget)."""
         untried = ev.untried_models()
-        model = untried[0] if untried else ev.least_tried_model()
-        if model is None or self.space.key(config := {**ev.best.config, "model": model}) in ev.tried:
+        if ev.challengers < BREAKOUT_RUNS or ev.best is None or not untried:
             return None
-        kind = "untried" if untried else "least tried"
+        config = {**ev.best.config, "model": untried[0]}
+        if self.space.key(config) in ev.tried:
+            return None
         how = (
-            f"breakout_priority {ctx.signals.breakout_priority:.2f} is high: the best run's settings "
-            f"on the {kind} model {model}"
+            f"{ev.challengers} configurations in a row did not beat the incumbent: "
+            f"its settings on the untried model {untried[0]}"
         )
         return Proposal(config, how)
-
-    def _coverage(self, ev: Evidence) -> Proposal | None:
-        """After the start-up trials, each model gets a head-to-head run on the best run's settings.
-
-        TPE explores a 5-way architecture choice poorly at a budget of ~20 runs: a good model that
-        drew bad random settings once is rarely sampled again. Comparing models on equal settings
-        first removes that failure (it was the planner's worst loss against random search).
-        """
-        if len(ev.finished) < self.n_startup_trials or ev.best is None:
-            return None
-        for model in ev.uncompared_models():
-            config = {**ev.best.config, "model": model}
-            if self.space.key(config) not in ev.tried:
-                how = f"{model} head-to-head on the best run's settings (every model gets one before TPE)"
-                return Proposal(config, how)
-        return None
 
     def _propose(self, ev: Evidence) -> Proposal | None:
         study = self._study(ev)
         distributions = self.space.distributions()
-        startup = len(ev.finished) < self.n_startup_trials
+        startup = len(ev.groups) < self.n_startup_trials
         sampler_name = "random start-up sample" if startup else "TPE proposes"
         for _ in range(MAX_ASKS):
             trial = study.ask(distributions)
             config = self.space.snap(trial.params)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a re-ask must not reuse this trial
             if self.space.key(config) not in ev.tried:
-                return Proposal(config, f"{sampler_name} after {len(ev.finished)} finished runs")
+                return Proposal(config, f"{sampler_name} after {len(ev.groups)} finished configurations")
         return _fallback(ev)
 
     def _study(self, ev: Evidence) -> optuna.Study:
         # A fresh study per call: the context is the whole memory, so restarts change nothing.
         # The seed moves with the history, or every call would draw the same start-up sample.
-        seed = int(np.random.SeedSequence([self.seed, len(ev.finished)]).generate_state(1)[0])
+        seed = int(np.random.SeedSequence([self.seed, len(ev.runs)]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
@@ -105,22 +102,33 @@ class Planner:
             )
         study = optuna.create_study(direction="maximize" if ev.maximize else "minimize", sampler=sampler)
         distributions = self.space.distributions()
-        for run in ev.finished:
+        for group in ev.groups:  # one trial per configuration: the mean over its seeds
             study.add_trial(
-                optuna.trial.create_trial(params=run.config, distributions=distributions, value=run.metric)
+                optuna.trial.create_trial(
+                    params=group.config, distributions=distributions, value=group.metric
+                )
             )
         return study
 
     def _train(self, ctx: PlannerContext, ev: Evidence, proposal: Proposal) -> dict[str, Any]:
         reference = ev.reference()
         changed = self.space.most_different(proposal.config, reference)
+        overrides, label = (
+            self.space.to_overrides(proposal.config),
+            self.space.label(proposal.config, ctx.cycle),
+        )
+        if proposal.seed is not None:  # a repeat measures, it changes nothing
+            overrides.append(f"trainer.seed={proposal.seed}")
+            label = f"{label[:72]}-s{proposal.seed}"
         return {
             "action": "train",
             "rationale": _train_rationale(ev, proposal, changed),
-            "run_label": _unique_label(self.space.label(proposal.config, ctx.cycle), ctx),
-            "overrides": self.space.to_overrides(proposal.config),
+            "run_label": _unique_label(label, ctx),
+            "overrides": overrides,
             "monitor_seconds": WAIT_SECONDS,
-            "strategy_dimension": self.space.dimensions[changed],
+            "strategy_dimension": "evaluation"
+            if proposal.seed is not None
+            else self.space.dimensions[changed],
         }
 
     # ---- mentor ----------------------------------------------------------------------------
@@ -160,6 +168,43 @@ class Planner:
 
 
 # ---- worker helpers ------------------------------------------------------------------------
+def _default(ev: Evidence) -> Proposal | None:
+    """Before any run: the trainer's default config, the first incumbent (the search never ends below it)."""
+    if ev.runs:
+        return None
+    return Proposal(
+        ev.space.defaults(), "the trainer's default config first: the incumbent every proposal must beat"
+    )
+
+
+def _measure_noise(ev: Evidence) -> Proposal | None:
+    """Until some configuration has several seeds: another seed of the incumbent (the seed-noise band)."""
+    best = ev.best
+    if best is None or any(g.n >= NOISE_SEEDS for g in ev.groups) or ev.space.key(best.config) in ev.pending:
+        return None
+    seed = ev.next_seed(best)
+    how = (
+        f"the incumbent again with trainer.seed={seed}: {NOISE_SEEDS} seeds measure the seed-noise band "
+        "before a challenger is judged"
+    )
+    return Proposal(best.config, how, seed)
+
+
+def _confirm(ev: Evidence) -> Proposal | None:
+    """A challenger ahead of the incumbent, but within the noise band: a confirmation seed before it may
+    replace the incumbent."""
+    group = ev.unconfirmed()
+    if group is None:
+        return None
+    seed = ev.next_seed(group)
+    gain = noise.gain(group.metric, ev.best.metric, ev.direction)
+    how = (
+        f"confirming {group.cite()} with trainer.seed={seed}: ahead of the incumbent by {gain:.4f}, "
+        f"within the seed-noise band {ev.band:.4f}"
+    )
+    return Proposal(group.config, how, seed)
+
+
 def _fallback(ev: Evidence) -> Proposal | None:
     """An untried neighbour of the best config, else the first untried grid point, else None."""
     config = _first_untried(ev.space.neighbours(ev.reference()), ev)
@@ -181,7 +226,7 @@ def _wait(ctx: PlannerContext) -> dict[str, Any]:
         "action": "wait",
         "rationale": (
             f"{len(ctx.active_runs)} of {ctx.max_concurrent} training slot(s) busy ({active}); "
-            f"monitoring for {WAIT_SECONDS}s before proposing the next configuration."
+            f"watching for up to {WAIT_SECONDS}s (until a run ends) before proposing the next configuration."
         ),
         "monitor_seconds": WAIT_SECONDS,
     }
@@ -219,7 +264,7 @@ def _train_rationale(ev: Evidence, proposal: Proposal, changed: str) -> str:
         head = "No finished run yet"
     else:
         head = f"Best so far {ev.best.cite()} ({space.describe(ev.best.config)})"
-    recent = [r for r in ev.finished[-3:] if r is not ev.best]
+    recent = [r for r in ev.finished[-3:] if ev.best is None or r not in ev.best.runs]
     if recent:
         head += "; latest: " + ", ".join(r.cite() for r in recent)
     reference = "the best run" if ev.best else "the defaults"
@@ -244,27 +289,23 @@ def _unique_label(label: str, ctx: PlannerContext) -> str:
 # ---- mentor helpers ------------------------------------------------------------------------
 def _stall_evidence(ctx: PlannerContext, ev: Evidence) -> str | None:
     """A sentence describing a stagnant stretch, or None while the metric still improves."""
-    fin = ev.finished
-    best = f"the best is {ev.best.cite()}" if ev.best else "no run has finished with a metric"
-    if len(fin) > STALL_RUNS:
-        before = ev.best_of(fin[:-STALL_RUNS])
-        last = fin[-STALL_RUNS:]
-        if not any(ev.better(r.metric, before.metric) for r in last):
-            latest = ", ".join(r.cite() for r in last)
-            return f"The last {STALL_RUNS} finished runs ({latest}) did not beat {before.cite()}"
-    if ctx.signals.stall_cycles >= STALL_CYCLES:
-        return f"No progress for {ctx.signals.stall_cycles} cycles (stall signal); {best}"
+    best = f"the incumbent is {ev.best.cite()}" if ev.best else "no run has finished with a metric"
+    if ev.challengers >= STALL_RUNS:
+        latest = ", ".join(g.cite() for g in ev.groups[-STALL_RUNS:])
+        return f"The last {STALL_RUNS} configurations ({latest}) did not beat the incumbent {ev.best.cite()}"
+    if ctx.signals.stall_trainings >= STALL_TRAININGS:
+        return f"No progress for {ctx.signals.stall_trainings} trainings (stall signal); {best}"
     return None
 
 
 def _progress_evidence(ev: Evidence) -> str:
     if ev.best is None:
         return "No finished run yet; nothing to challenge until the first result arrives."
-    latest = ev.finished[-1]
-    if latest is ev.best and len(ev.finished) > 1:
-        previous = ev.best_of(ev.finished[:-1])
-        return f"The metric improves: the latest {latest.cite()} beat the previous best {previous.cite()}."
-    return f"No stagnant stretch yet: best {ev.best.cite()} after {len(ev.finished)} finished runs."
+    if ev.challengers == 0 and len(ev.groups) > 1:
+        return f"The metric improves: the latest incumbent is {ev.best.cite()}."
+    return (
+        f"No stagnant stretch yet: the incumbent is {ev.best.cite()} after {len(ev.finished)} finished runs."
+    )
 
 
 def _decision_model(decision: dict[str, Any] | None) -> str | None:

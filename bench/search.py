@@ -1,0 +1,296 @@
+"""Search benchmark (not a test): at an equal budget of N trainings, the offline planner loop against plain
+Optuna TPE and random search driving the same trainer over the same space, and against the default config.
+
+The task is generated here, deterministically: 3 classes of small noisy texture images, imbalanced
+(60/28/12 %), 4 images per patient, patient-level labels with 10 % image label noise and a per-patient
+brightness and colour shift. Train and validation share patients' pool (the trainer's fixed group split,
+`data.split_seed=0`); the test split holds new patients and is never shown to any search. Each method's
+best-by-validation configuration (mean over its seed runs, `ranking.rank`) is scored on the test split
+from its runs' best checkpoints by `test_auroc` below.
+
+    nice .venv/bin/python bench/search.py --seeds 2 --budget 6      # ~35 min on 2 loaded cores
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import torch
+from mlflow.tracking import MlflowClient
+from PIL import Image
+
+import agentexp.config
+from agentexp import ranking, tracking
+from agentexp.cli.session import build_loop
+from agentexp.config import compose_loop, with_mission_space
+from agentexp.llm.planner.space import SearchSpace
+from agentexp.mission import load_mission
+from trainers.config import TrainConfig
+from trainers.data import FileImages, build_transform
+from trainers.model import Classifier, epoch_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+MISSION = "search_bench"
+METRIC = "best_val_auroc"
+SIZE = 24  # stored image size in pixels
+CLASSES = ("common", "rarer", "rare")
+PRIORS = (0.60, 0.28, 0.12)
+IMAGES_PER_PATIENT = 4
+LABEL_NOISE = 0.10
+MISSION_SPACE = {  # what depends on this data: image and batch size
+    "data.image_size": {"choices": [32, 48], "default": 32},  # convnext_atto needs 32 px at least
+    "data.batch_size": {"choices": [16, 32, 64], "default": 32},
+}
+
+
+def make_task(root: Path, patients: int, test_patients: int) -> tuple[Path, Path]:
+    """The image CSVs (train+val pool, test of new patients) under root, the same for every call."""
+    rng = np.random.default_rng(20261203)
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE] / SIZE
+    rows: dict[str, list[dict]] = {"pool": [], "test": []}
+    for p in range(patients + test_patients):
+        split = "pool" if p < patients else "test"
+        label = rng.choice(3, p=PRIORS)
+        shift = rng.normal(0, 0.15, 3)  # the patient's colour cast
+        freq = rng.uniform(2.5, 4.5)
+        for i in range(IMAGES_PER_PATIENT):
+            shown = label if rng.random() > LABEL_NOISE else rng.choice(3)
+            angle = (0.0, np.pi / 2, np.pi / 4)[label] + rng.normal(0, 0.35)
+            phase = rng.uniform(0, 2 * np.pi)
+            wave = np.sin(2 * np.pi * freq * (xx * np.cos(angle) + yy * np.sin(angle)) + phase)
+            blob = np.exp(-((xx - rng.uniform(0.2, 0.8)) ** 2 + (yy - rng.uniform(0.2, 0.8)) ** 2) / 0.04)
+            base = 0.5 + 0.2 * wave * (0.5 + blob) + rng.normal(0, 0.2, (SIZE, SIZE))
+            img = np.clip(base[..., None] + shift + rng.normal(0, 0.05, (SIZE, SIZE, 3)), 0, 1)
+            name = f"images/p{p:03d}_{i}.png"
+            Image.fromarray((img * 255).astype(np.uint8)).save(root / name)
+            rows[split].append({"path": name, "label": CLASSES[shown], "patient": f"p{p:03d}"})
+    paths = []
+    for split, found in rows.items():
+        path = root / f"{split}.csv"
+        with path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=["path", "label", "patient"])
+            writer.writeheader()
+            writer.writerows(found)
+        paths.append(path)
+    return paths[0], paths[1]
+
+
+def write_mission(missions: Path, pool: Path) -> None:
+    """A mission folder (the repository's role contracts and this task's brief) for the loop."""
+    folder = missions / MISSION
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("WORKER_MISSION.md", "MENTOR_MISSION.md"):
+        (missions / name).write_text((REPO / "missions" / name).read_text())
+    front = {
+        "metric": "auroc",
+        "direction": "maximize",
+        "overrides": [
+            "data=csv",
+            f"data.csv_path={pool}",
+            "data.group_column=patient",
+            "data.num_workers=0",
+            "data.image_size=32",
+            "data.batch_size=32",
+            "data.mean=[0.5,0.5,0.5]",
+            "data.std=[0.25,0.25,0.25]",
+        ],
+        "space": MISSION_SPACE,
+    }
+    brief = (
+        "# Mission: search bench\n\nClassify noisy textures of 3 imbalanced classes, grouped by patient.\n"
+    )
+    (folder / "mission.md").write_text(f"---\n{json.dumps(front)}\n---\n{brief}")
+
+
+def loop_overrides(work: Path, name: str, budget: int, epochs: int, seed: int) -> list[str]:
+    return [
+        "llm=planner",
+        f"llm.seed={seed}",
+        f"mission={MISSION}",
+        "mentor.enabled=false",
+        "code.enabled=false",
+        f"loop.max_trainings={budget}",
+        f"loop.max_cycles={budget * 6}",
+        "loop.poll_seconds=0.1",
+        f"loop.workspace={work / name / 'ws'}",
+        f"loop.train_overrides=['trainer.epochs={epochs}']",
+        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        f"tracking.experiment={name}",
+        "executor.poll_interval_s=0.5",
+    ]
+
+
+def run_planner(work: Path, name: str, budget: int, epochs: int, seed: int) -> None:
+    cfg = compose_loop(loop_overrides(work, name, budget, epochs, seed))
+    build_loop(cfg).run()
+
+
+def run_optuna(work: Path, name: str, budget: int, epochs: int, seed: int, sampler: str) -> None:
+    """Plain Optuna over the planner's space: each trial one trainer process, its metric read from MLflow."""
+    cfg = with_mission_space(compose_loop(loop_overrides(work, name, budget, epochs, seed)), MISSION_SPACE)
+    space, mission = SearchSpace(cfg.llm.space), load_mission(MISSION, agentexp.config.MISSIONS_DIR)
+    samplers = {
+        "random": optuna.samplers.RandomSampler(seed=seed),
+        # Optuna's default of 10 start-up trials would make TPE random search at this budget
+        "tpe": optuna.samplers.TPESampler(seed=seed, n_startup_trials=max(2, budget // 2)),
+    }
+    study = optuna.create_study(direction="maximize", sampler=samplers[sampler])
+    for number in range(budget):
+        trial = study.ask(space.distributions())
+        config = space.snap(trial.params)
+        overrides = [*mission.overrides, f"trainer.epochs={epochs}", *space.to_overrides(config)]
+        study.tell(trial, train_once(work, name, f"{name}-t{number:02d}", overrides))
+
+
+def train_once(work: Path, experiment: str, label: str, overrides: list[str]) -> float:
+    env = {
+        **os.environ,
+        tracking.ENV_URI: f"sqlite:///{work / 'mlflow.db'}",
+        tracking.ENV_EXPERIMENT: experiment,
+    }
+    run_dir = work / experiment / "runs" / label
+    argv = [
+        sys.executable,
+        "-m",
+        "trainers.train",
+        *overrides,
+        f"run_label={label}",
+        f"hydra.run.dir={run_dir}",
+    ]
+    done = subprocess.run(argv, env=env, cwd=REPO, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return 0.0
+    return best_of(work, experiment, label)
+
+
+def best_of(work: Path, experiment: str, label: str) -> float:
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    found = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = '{label}'")
+    return found[0].data.metrics.get(METRIC, 0.0) if found else 0.0
+
+
+def rows_of(work: Path, experiment: str) -> list[dict]:
+    return tracking.Tracker(f"sqlite:///{work / 'mlflow.db'}", experiment).training_runs()
+
+
+def test_auroc(run_id: str, work: Path, test_csv: Path) -> float:
+    """The run's best checkpoint scored on the test patients (macro AUROC), with the run's eval transform."""
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    run = client.get_run(run_id)
+    cfg = TrainConfig.model_validate(json.loads(json.dumps(client_resolved(client, run_id))))
+    model = Classifier(cfg, len(CLASSES), class_weights=torch.ones(len(CLASSES)))  # loaded below
+    ckpt = Path(run.data.tags[tracking.RUN_DIR]) / "checkpoints" / "best.ckpt"
+    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
+    model.eval()
+    with test_csv.open() as handle:
+        rows = list(csv.DictReader(handle))
+    images = FileImages(
+        [test_csv.parent / r["path"] for r in rows],
+        [sorted(CLASSES).index(r["label"]) for r in rows],
+        build_transform(cfg, train=False),
+    )
+    loader = torch.utils.data.DataLoader(images, batch_size=64)
+    probs, labels = [], []
+    with torch.no_grad():
+        for x, y in loader:
+            probs.append(model(x).softmax(1))
+            labels.append(y)
+    return epoch_metrics(torch.cat(probs), torch.cat(labels), len(CLASSES))["val_auroc"]
+
+
+def client_resolved(client: MlflowClient, run_id: str) -> dict:
+    import yaml
+
+    path = client.download_artifacts(run_id, "config/resolved.yaml", tempfile.mkdtemp())
+    return yaml.safe_load(Path(path).read_text())
+
+
+def score(work: Path, experiment: str, test_csv: Path) -> tuple[float, float, int]:
+    """The best-by-validation configuration's validation mean, its seed runs' mean test AUROC, trainings."""
+    rows = rows_of(work, experiment)
+    best = ranking.rank(rows, METRIC, "maximize", k=1)[0]
+    tests = [test_auroc(run_id, work, test_csv) for run_id in best.seed_run_ids]
+    return best.mean, statistics.fmean(tests), len(rows)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--budget", type=int, default=6, help="trainings per search")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--patients", type=int, default=140, help="train+validation patients")
+    parser.add_argument("--methods", default="planner,default,tpe,random")
+    parser.add_argument("--out", type=Path, default=None, help="a JSON file for the results")
+    args = parser.parse_args()
+    os.environ["OMP_NUM_THREADS"] = "1"  # trainings inherit it: on a shared CPU more threads only contend
+    work = Path(tempfile.mkdtemp(prefix="search-bench-"))
+    pool, test_csv = make_task(work / "data", args.patients, args.patients // 3)
+    write_mission(work / "missions", pool)
+    agentexp.config.MISSIONS_DIR = work / "missions"  # build_loop reads it at call time
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    results: dict[str, list[tuple[float, float, int]]] = {}
+    started = time.perf_counter()
+    for seed in range(args.seeds):
+        for method in args.methods.split(","):
+            name = f"{method}-s{seed}"
+            t0 = time.perf_counter()
+            if method == "default":
+                run_default(work, name, args.epochs, seed)
+            elif method == "planner":
+                run_planner(work, name, args.budget, args.epochs, seed)
+            else:
+                run_optuna(work, name, args.budget, args.epochs, seed, method)
+            results.setdefault(method, []).append(score(work, name, test_csv))
+            val, test, n = results[method][-1]
+            print(
+                f"{name}: val {val:.4f} test {test:.4f} ({n} trainings, {time.perf_counter() - t0:.0f} s)",
+                flush=True,
+            )
+    print(
+        f"\n{args.seeds} seeds, budget {args.budget} trainings of {args.epochs} epochs, "
+        f"{time.perf_counter() - started:.0f} s"
+    )
+    print("| method | validation macro AUROC | test macro AUROC (new patients) | trainings |")
+    print("|---|---|---|---|")
+    for method, found in results.items():
+        vals, tests, ns = zip(*found, strict=True)
+        print(f"| {method} | {_ms(vals)} | {_ms(tests)} | {statistics.fmean(ns):.1f} |")
+    if args.out:
+        args.out.write_text(json.dumps(results, indent=1))
+
+
+def run_default(work: Path, name: str, epochs: int, seed: int) -> None:
+    """The trainer's default config on this mission, one run per benchmark seed (its training seed)."""
+    mission = load_mission(MISSION, agentexp.config.MISSIONS_DIR)
+    train_once(
+        work,
+        name,
+        f"{name}-default",
+        [*mission.overrides, f"trainer.epochs={epochs}", f"trainer.seed={seed}"],
+    )
+
+
+def _ms(values) -> str:
+    return (
+        f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+        if len(values) > 1
+        else f"{values[0]:.3f}"
+    )
+
+
+if __name__ == "__main__":
+    main()
