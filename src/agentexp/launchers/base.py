@@ -90,6 +90,8 @@ class ActiveRun(_Strict):
     """The code experiment it trains."""
     confirms: bool = False
     """A confirmation run of that experiment."""
+    gpu: int | None = None
+    """The GPU its slot holds (CUDA_VISIBLE_DEVICES); None on CPU or under SLURM."""
 
     @property
     def pid(self) -> int:
