@@ -104,6 +104,7 @@ def prompt_values(mission: Mission, context: Context) -> dict[str, Any]:
         "history": structured["history"],
         "active_runs": structured["active_runs"],
         "code": structured["code"],
+        "gpu": structured.get("gpu", []),
         "recent_runs": structured["runs"][-RECENT_RUNS:],
         "leaderboard": context.leaderboard,
         "todo_focus": context.todo_focus,
