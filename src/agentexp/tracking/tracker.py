@@ -28,6 +28,7 @@ from agentexp.tracking.names import (
     PID,
     SEED,
     SESSION,
+    SLURM_JOB,
 )
 from agentexp.tracking.store import _row, ensure_store
 
@@ -176,13 +177,19 @@ class Tracker:
         """Mark the cached training runs stale: call when a training ends (the next read is incremental)."""
         self._train_runs = None
 
-    def reap(self, alive: Callable[[int], bool]) -> list[str]:
-        """End as KILLED every RUNNING run of this host whose recorded process is gone (a hard kill leaves
-        them so); runs of other hosts, or with no host recorded, are never touched from here."""
+    def reap(self, alive: Callable[[int], bool], job_ended: Callable[[str], bool | None]) -> list[str]:
+        """End as KILLED every RUNNING run whose process is gone (a hard kill leaves them so): a SLURM job's
+        run once SLURM says the job ended, any other run only on its own host when its pid is gone. Runs of
+        other hosts, with no host recorded, or of jobs nobody here can query, are never touched."""
         reaped, host = [], socket.gethostname()
         for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'"):
-            pid, where = run.data.tags.get(PID), run.data.tags.get(HOST)
-            if where == host and pid and pid.isdigit() and not alive(int(pid)):
+            tags = run.data.tags
+            pid, where, job = tags.get(PID), tags.get(HOST), tags.get(SLURM_JOB)
+            if job:
+                gone = job_ended(job) is True
+            else:
+                gone = where == host and bool(pid) and pid.isdigit() and not alive(int(pid))
+            if gone:
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 reaped.append(run.info.run_id)
         if reaped:
