@@ -240,7 +240,7 @@ def better_of(value: float | None, best: float | None, direction: str) -> float 
 def active_info(run: ActiveRun) -> dict:
     """A running training as the heartbeat (and so `agentexp status`) shows it."""
     info = {"run_label": run.run_label, "pid": run.pid, "cycle": run.cycle, "started_at": run.started_at}
-    return info | {"gpu": run.gpu}
+    return info | {"gpu": run.gpu, "job_id": run.handle.job_id}
 
 
 def console_line(

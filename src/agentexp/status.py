@@ -61,8 +61,12 @@ def headline(pid: int | None, beat: dict, stop_reason: str | None) -> Text:
 
 
 def _lives(run: dict) -> bool:
-    """A training listed by the heartbeat whose process is still there (not a recycled pid)."""
+    """A training listed by the heartbeat whose process is still there (not a recycled pid); a SLURM job
+    as long as the loop lists it."""
     import psutil
+
+    if run.get("job_id"):
+        return True
 
     try:
         started = psutil.Process(run["pid"]).create_time()
@@ -83,11 +87,14 @@ def _gpus(readings: list[dict], running: list[dict]) -> str:
 
 def _active(runs: list[dict]) -> Table:
     table = Table(title="active runs", title_justify="left")
-    for column in ("label", "pid", "cycle", "running for"):
+    for column in ("label", "pid or job", "cycle", "running for"):
         table.add_column(column)
     for run in runs:
         table.add_row(
-            run["run_label"], str(run["pid"]), str(run["cycle"]), f"{time.time() - run['started_at']:.0f}s"
+            run["run_label"],
+            run.get("job_id") or str(run["pid"]),
+            str(run["cycle"]),
+            f"{time.time() - run['started_at']:.0f}s",
         )
     return table
 
