@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -57,10 +58,16 @@ def run_job(argv: list[str], env: dict[str, str], log_path: str, cwd: str) -> in
     SLURM's SIGTERM (scancel, the time limit) reaches the trainer too, which ends its run KILLED; the
     warning submitit raises here before the time limit is ignored so the trainer gets to do that."""
     env = env | {k: v for k, v in os.environ.items() if k.startswith(FROM_NODE)}
-    with open(log_path, "ab") as sink:
-        proc = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd
-        )
+    # SLURM sends submitit's warning (SIGUSR2) to every process of the job: its default action would kill the
+    # trainer, so the trainer inherits it ignored; SIGTERM at the limit then ends its run KILLED.
+    warning = signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    try:
+        with open(log_path, "ab") as sink:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.DEVNULL, stdout=sink, stderr=subprocess.STDOUT, env=env, cwd=cwd
+            )
+    finally:
+        signal.signal(signal.SIGUSR2, warning)
     while True:
         try:
             return proc.wait()
