@@ -142,3 +142,23 @@ def test_a_job_past_its_time_limit_ends_killed_and_the_loop_goes_on(tmp_path, pa
     log = (loop.ws.logs / "nap-forever.log").read_text()
     assert f"SLURM job {nap} ended TIMEOUT" in log  # the job's own log, read into the run's
     assert json.loads(log.splitlines()[0].split(" ", 1)[1])["cycle"] == 1
+
+
+def test_agents_cannot_pick_a_hydra_launcher_only_the_users_sweeps_can(tmp_path):
+    from agentexp import gate
+    from agentexp.config import compose_loop
+    from agentexp.decisions import WorkerDecision
+
+    cfg = compose_loop([])
+    for override in ("hydra/launcher=submitit_slurm", "hydra.launcher.partition=debug"):
+        why = "sweep it on the cluster, all at once"
+        d = WorkerDecision(
+            action="train",
+            rationale=why,
+            run_label="sweep",
+            overrides=[override],
+            strategy_dimension="optimization",
+        )
+        assert gate.check(d, cfg.gate).violations == [
+            f"Override '{override}' touches hydra.*, which only the user may change."
+        ]
