@@ -280,9 +280,7 @@ class Trainings:
         for run, outcome in pairs:
             self.active = [r for r in self.active if r.run_dir != run.run_dir]
             if outcome.mlflow_run_id is None:  # it ended before printing its summary: its tags know
-                found = tracking.find_run_by_tag(
-                    self.tracker.uri, self.tracker.experiment, tracking.RUN_DIR, str(run.run_dir)
-                )
+                found = self.tracker.run_by_tag(tracking.RUN_DIR, str(run.run_dir))
                 outcome = outcome.model_copy(update={"mlflow_run_id": found})
             self.ws.append_event(
                 RunEnd(cycle=run.cycle, cycle_trace_id=run.cycle_trace_id, run=outcome, run_dir=run.run_dir)
@@ -314,7 +312,7 @@ class Trainings:
         event, tags, confirm = self.code.end(run, outcome, self.tracker.training_runs())
         self.ws.append_event(event)
         if outcome.mlflow_run_id:
-            tracking.set_tags(self.tracker.uri, outcome.mlflow_run_id, tags)
+            self.tracker.set_tags(outcome.mlflow_run_id, tags)
         if confirm is not None:
             label = f"{run.run_label}-confirm"[:80]
             self.launch(
@@ -367,7 +365,7 @@ class Trainings:
         """An event under the launching cycle, and tags on the decision run that launched the training."""
         self.ws.append_event(event)
         if run.parent_run_id:
-            tracking.set_tags(self.tracker.uri, run.parent_run_id, tags)
+            self.tracker.set_tags(run.parent_run_id, tags)
 
     # after a crash -------------------------------------------------------------------------------
 
