@@ -79,12 +79,14 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "active_runs",
         "max_concurrent",
         "code",
+        "gpu",
         "leaderboard",
         "signals",
         "history",
         "deadline",
         "decision",
     }
+    assert s["gpu"] == []  # no GPU slots: nothing to show
     assert (s["cycle"], s["mission"], s["active_runs"], s["deadline"]) == (
         2,
         "digits",

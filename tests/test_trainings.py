@@ -29,6 +29,7 @@ args = dict(a.split("=", 1) for a in sys.argv[1:])
 mode = args.get("mode", "finish")
 names = ["MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "AGENTEXP_PARENT_RUN_ID",
          "AGENTEXP_CYCLE_TRACE_ID", "PYTHONUNBUFFERED"]
+print("slot " + json.dumps({n: os.environ.get(n) for n in ("CUDA_VISIBLE_DEVICES", "OMP_NUM_THREADS")}))
 print("argv " + json.dumps(sys.argv[1:]))
 print("env " + json.dumps({n: os.environ.get(n) for n in names}))
 summary = "agentexp-summary: " + json.dumps({"best": 0.875, "run_id": "mlflow-run-1", "metric": "val_acc"})
@@ -410,3 +411,32 @@ def test_a_training_behind_the_finished_ones_median_is_pruned_through_the_launch
     (outcome,) = t.watch(10, lambda: False, lambda: None)
     assert outcome.status == "killed" and not t.active and not alive(slow.pid)
     assert client.get_run(mine.info.run_id).data.tags[PRUNED] == "true"
+
+
+def test_each_training_gets_a_free_gpu_of_its_own_and_a_share_of_the_cores(ws, store, tmp_path):
+    t = trainings(ws, store, gpus=[0, 1], max_concurrent=4, cpu_threads=3)
+    assert t.free_slots() == 2  # one slot per GPU, whatever max_concurrent says
+    go = tmp_path / "go"
+    first, second = (start(t, label, ["mode=wait", f"go={go}"]) for label in ("a", "b"))
+    assert t.free_slots() == 0
+    wait_for(lambda: "slot" in first.log_path.read_text() and "slot" in second.log_path.read_text())
+    seen = [logged(run, "slot") for run in (first, second)]
+    assert seen == [
+        {"CUDA_VISIBLE_DEVICES": "0", "OMP_NUM_THREADS": "3"},
+        {"CUDA_VISIBLE_DEVICES": "1", "OMP_NUM_THREADS": "3"},
+    ]
+    assert [e.run.gpu for e in of_type(ws, Launched)] == [0, 1]  # a restart knows which GPU each holds
+    go.touch()
+    t.watch(30, lambda: False, lambda: None)
+    third = start(t, "c", ["mode=finish"])
+    finish(t, third)
+    assert logged(third, "slot")["CUDA_VISIBLE_DEVICES"] == "0"  # freed slots are reused
+
+
+def test_on_cpu_the_slots_split_the_cores(ws, store, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda _: set(range(8)))
+    t = trainings(ws, store, gpus=[], max_concurrent=3)
+    assert t.free_slots() == 3
+    run = start(t, "cpu", ["mode=finish"])
+    finish(t, run)
+    assert logged(run, "slot") == {"CUDA_VISIBLE_DEVICES": None, "OMP_NUM_THREADS": str(8 // 3)}

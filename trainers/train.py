@@ -145,6 +145,8 @@ def _run_tags(
     }
     if git.available:
         tags |= {tracking.GIT_COMMIT: git.commit, tracking.GIT_DIRTY: str(git.dirty).lower()}
+    if job_id := os.environ.get("SLURM_JOB_ID"):  # under SLURM the job, not a pid, says when it ended
+        tags[tracking.SLURM_JOB] = job_id
     if trace_id := os.environ.get(tracking.ENV_TRACE):
         tags[tracking.CYCLE_TRACE_ID] = trace_id
     if commit := os.environ.get(tracking.ENV_CODE_COMMIT):  # a code experiment's, or the incumbent's, code

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
@@ -14,6 +14,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from agentexp.agents.mentor import MentorConfig
 from agentexp.codebase import CodeConfig
 from agentexp.gate import GateConfig, fit_space
+from agentexp.launchers.local import LocalConfig
+from agentexp.launchers.slurm import SlurmConfig
 from agentexp.llm.base import LLMConfig, PlannerConfig
 from agentexp.repair import RepairConfig
 from agentexp.trainings import ExecutorConfig
@@ -71,6 +73,7 @@ class LoopConfig(_Strict):
     tracking: TrackingSection
     repair: RepairConfig = RepairConfig()
     code: CodeConfig = CodeConfig()
+    launcher: Annotated[LocalConfig | SlurmConfig, Field(discriminator="name")] = LocalConfig()
 
 
 def check_options(overrides: list[str], conf_dir: Path) -> None:

@@ -175,6 +175,7 @@ def build(
     decision: dict[str, Any] | None = None,
     max_concurrent: int = 1,
     code: dict[str, Any] | None = None,
+    gpu: list[dict[str, Any]] | None = None,
 ) -> Context:
     """Assemble the context of `cycle` from the workspace, the runs (tracking.run_table rows, newest last,
     or the loop's RunView of them) and the history; `failed_log_tail` is the log tail of the latest
@@ -190,6 +191,7 @@ def build(
         "active_runs": list(active_runs),
         "max_concurrent": max_concurrent,
         "code": code or {"enabled": False},
+        "gpu": gpu or [],  # one entry per GPU slot: its run, utilisation and memory; empty on CPU
         "leaderboard": board,
         "signals": signals.model_dump(),
         "history": [s.model_dump() for s in recent],

@@ -56,6 +56,8 @@ class LaunchIntent(BaseModel):
     """The code experiment it trains (judged keep or discard when it ends)."""
     confirms: bool = False
     """A confirmation run of that experiment with another seed."""
+    gpu: int | None = None
+    """The GPU its slot holds (CUDA_VISIBLE_DEVICES); None on CPU or under SLURM."""
 
 
 class Launch(_Event):

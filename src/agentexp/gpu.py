@@ -19,7 +19,7 @@ def gpu_names() -> list[str]:
 
 
 def gpu_utilization() -> list[dict[str, float]]:
-    """Per-GPU utilization (%) and memory used (GiB); empty without NVML."""
+    """Per-GPU utilization (%) and memory used and total (GiB); empty without NVML."""
     try:
         pynvml.nvmlInit()
     except pynvml.NVMLError:
@@ -30,7 +30,9 @@ def gpu_utilization() -> list[dict[str, float]]:
             handle = pynvml.nvmlDeviceGetHandleByIndex(i)
             memory = pynvml.nvmlDeviceGetMemoryInfo(handle)
             util = pynvml.nvmlDeviceGetUtilizationRates(handle)
-            stats.append({"index": i, "util_pct": float(util.gpu), "mem_used_gib": memory.used / 2**30})
+            used, total = memory.used / 2**30, memory.total / 2**30
+            stats.append({"index": i, "util_pct": float(util.gpu), "mem_used_gib": used})
+            stats[-1]["mem_total_gib"] = total
         return stats
     finally:
         pynvml.nvmlShutdown()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 
-from agentexp import budget, context, gate, record, resume, signals
+from agentexp import budget, context, gate, gpu, record, resume, signals
 from agentexp.agents.mentor import Mentor, apply_review
 from agentexp.agents.worker import Worker
 from agentexp.config import LoopConfig
@@ -40,10 +40,11 @@ class Loop:
         mentor: Mentor | None,
         finisher: Finisher,
         clock=time.time,
+        read_gpus=gpu.gpu_utilization,
     ):
         self.cfg, self.mission, self.ws, self.tracker = cfg, mission, workspace, tracker
         self.trainings, self.worker, self.mentor, self.finisher = trainings, worker, mentor, finisher
-        self.clock = clock
+        self.clock, self.read_gpus = clock, read_gpus
         self.todos = TodoQueue(workspace.artifacts)
         self.history: list[CycleSummary] = []
         self.idle_streak, self.idle_since = 0, None  # idle (wait/downgraded) cycles in a row; since when
@@ -110,6 +111,7 @@ class Loop:
         result = seed_run or self.worker.decide(ctx, self.ws.stop_requested)  # a stop cancels the call
         cycle = Cycle(number, trace, sig, result.decision or _wait(result.error), result.calls, result.error)
         cycle.ended, cycle.planned = ended, getattr(result, "planned", None)
+        cycle.gpu = ctx.structured["gpu"]
         record.count_calls(state, cycle.calls)
         self._review(state, cycle, ctx)
         self._gate(cycle)
@@ -143,6 +145,7 @@ class Loop:
             failed_log_tail=self.failure_tail,
             max_concurrent=self.cfg.executor.max_concurrent,
             code=self.trainings.code.prompt_view(),
+            gpu=self.trainings.gpu_view(self.read_gpus()) if self.trainings.slots.gpus else [],
         )
 
     def _review(self, state: State, cycle: Cycle, ctx: context.Context) -> None:

@@ -44,6 +44,8 @@ class Cycle:
     """The decision's patch as proposed (kept when the gate downgrades the decision)."""
     experiment: Experiment | None = None
     """The code experiment the patch became."""
+    gpu: list[dict] = field(default_factory=list)
+    """The GPU slots as the agents saw them (empty on CPU)."""
 
 
 def summary(cycle: Cycle, direction: str) -> CycleSummary:
@@ -115,6 +117,7 @@ def decision_record(cfg: LoopConfig, cycle: Cycle) -> tuple[dict, dict, dict, di
         "llm_calls": len(calls),
         "reasks": max(0, len(cycle.calls) - 1),
         "gate_violations": len(cycle.violations),
+        **gpu_metrics(cycle.gpu),
     }
     texts = {"decision.json": d.model_dump_json(indent=2)}
     tags = {"agentexp.outcome": cycle.outcome}
@@ -140,6 +143,15 @@ def decision_record(cfg: LoopConfig, cycle: Cycle) -> tuple[dict, dict, dict, di
         if cycle.mentor.calls:
             texts["mentor_prompt.md"] = cycle.mentor.calls[-1].prompt
     return params, metrics, tags, texts
+
+
+def gpu_metrics(slots: list[dict]) -> dict[str, float]:
+    """`gpu.<index>.<reading>` metrics of the GPU slots, and `gpu.<index>.busy` (1 when a run holds it)."""
+    metrics = {}
+    for slot in slots:
+        metrics[f"gpu.{slot['gpu']}.busy"] = float(slot["run"] is not None)
+        metrics |= {f"gpu.{slot['gpu']}.{k}": v for k, v in slot.items() if k not in ("gpu", "run")}
+    return metrics
 
 
 def diffstat(patch: str) -> dict[str, int | str]:
@@ -240,7 +252,8 @@ def better_of(value: float | None, best: float | None, direction: str) -> float 
 
 def active_info(run: ActiveRun) -> dict:
     """A running training as the heartbeat (and so `agentexp status`) shows it."""
-    return {"run_label": run.run_label, "pid": run.pid, "cycle": run.cycle, "started_at": run.started_at}
+    info = {"run_label": run.run_label, "pid": run.pid, "cycle": run.cycle, "started_at": run.started_at}
+    return info | {"gpu": run.gpu, "job_id": run.handle.job_id}
 
 
 def console_line(

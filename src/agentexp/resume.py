@@ -6,6 +6,7 @@ from __future__ import annotations
 from agentexp import record
 from agentexp.events import CycleEnd, Launch
 from agentexp.launchers.local import alive
+from agentexp.launchers.slurm import job_ended
 from agentexp.signals import CycleSummary
 from agentexp.tracking import Tracker
 from agentexp.trainings import Trainings
@@ -27,7 +28,8 @@ def session(
         _complete(ws, tracker, state, ends[-1])
     for launch in trainings.resume(events, state.cycle)[:1]:  # a cycle launches one training
         history.append(_commit_launch(ws, tracker, state, trainings, launch))
-    tracker.reap(alive)  # after the commits above: the cut-short cycle's decision run ends FINISHED
+    # after the commits above: the cut-short cycle's decision run ends FINISHED
+    tracker.reap(alive, job_ended)
     state.loop_run_id = tracker.start_loop(state.session_id, loop_params, state.loop_run_id)
     return state, history
 

@@ -17,7 +17,7 @@ from agentexp.workspace import Workspace
 TOP = 3
 
 
-def render(ws: Workspace) -> Group:
+def render(ws: Workspace, read_gpus=gpu.gpu_utilization) -> Group:
     """Everything `agentexp status` shows, read from the workspace and the MLflow store."""
     pid = ws.holder_pid()
     beat = ws.read_heartbeat() or {}
@@ -37,8 +37,7 @@ def render(ws: Workspace) -> Group:
     if (schedule := ws.read_finishup()) is not None:
         f = FinishUp.model_validate(schedule)
         lines.append(Text(f"finish-up: {f.state}, deadline {deadline_text(f, datetime.now(UTC))}"))
-    usage = ", ".join(f"{g['util_pct']:.0f}% {g['mem_used_gib']:.1f} GiB" for g in gpu.gpu_utilization())
-    lines.append(Text(f"GPU: {usage or 'none'}"))
+    lines.append(Text(f"GPU: {_gpus(read_gpus(), running) or 'none'}"))
     if beat.get("tracking_uri"):
         src = tracking.Source(
             beat["tracking_uri"], beat["experiment"], beat.get("metric", "best_val_acc"), beat["direction"]
@@ -62,8 +61,12 @@ def headline(pid: int | None, beat: dict, stop_reason: str | None) -> Text:
 
 
 def _lives(run: dict) -> bool:
-    """A training listed by the heartbeat whose process is still there (not a recycled pid)."""
+    """A training listed by the heartbeat whose process is still there (not a recycled pid); a SLURM job
+    as long as the loop lists it."""
     import psutil
+
+    if run.get("job_id"):
+        return True
 
     try:
         started = psutil.Process(run["pid"]).create_time()
@@ -72,13 +75,26 @@ def _lives(run: dict) -> bool:
     return abs(started - run["started_at"]) <= START_TOLERANCE_S and alive(run["pid"])
 
 
+def _gpus(readings: list[dict], running: list[dict]) -> str:
+    """Each GPU's utilisation and memory, and the run its slot holds."""
+    holders = {run.get("gpu"): run["run_label"] for run in running}
+    return ", ".join(
+        f"{g['index']}: {g['util_pct']:.0f}% {g['mem_used_gib']:.1f}/{g['mem_total_gib']:.1f} GiB"
+        + (f" ({holders[g['index']]})" if g["index"] in holders else "")
+        for g in readings
+    )
+
+
 def _active(runs: list[dict]) -> Table:
     table = Table(title="active runs", title_justify="left")
-    for column in ("label", "pid", "cycle", "running for"):
+    for column in ("label", "pid or job", "cycle", "running for"):
         table.add_column(column)
     for run in runs:
         table.add_row(
-            run["run_label"], str(run["pid"]), str(run["cycle"]), f"{time.time() - run['started_at']:.0f}s"
+            run["run_label"],
+            run.get("job_id") or str(run["pid"]),
+            str(run["cycle"]),
+            f"{time.time() - run['started_at']:.0f}s",
         )
     return table
 

@@ -39,6 +39,7 @@ from agentexp.launchers.base import (
     training_argv,
     training_env,
 )
+from agentexp.launchers.slots import Gpus, Slots
 from agentexp.pruning import PRUNED, PruneConfig, Pruner
 from agentexp.repair import RepairConfig
 from agentexp.workspace import Workspace
@@ -59,7 +60,11 @@ class ExecutorConfig(BaseModel):
     trainer_module: str = "trainers.train"
     """Module run with `python -m`."""
     max_concurrent: int = Field(1, ge=1)
-    """Most trainings running at once."""
+    """Most trainings running at once (at most one per GPU where there are GPUs)."""
+    gpus: Gpus = "auto"
+    """GPUs the slots use, one each: `auto` = every GPU NVML finds (none: the slots share the cores)."""
+    cpu_threads: int | None = Field(None, ge=1)
+    """Threads per training (OMP_NUM_THREADS); None = the cores divided by the slots."""
     monitor_seconds_default: int = Field(20, ge=0)
     """Seconds to watch when a decision says 0 while runs are active."""
     monitor_seconds_max: int = Field(600, ge=0)
@@ -103,8 +108,10 @@ class Trainings:
         stop_stale: bool = False,
         code: Experiments | None = None,
         pruner: Pruner | None = None,
+        slots: Slots | None = None,
     ) -> None:
         self.ws, self.launcher, self.cfg, self.repair_cfg = workspace, launcher, cfg, repair_cfg
+        self.slots = slots or Slots.here(cfg.max_concurrent, cfg.gpus, cfg.cpu_threads)
         self.tracker, self.code, self.pruner = tracker, code, pruner
         self.stale_after_cycles, self.stop_stale = stale_after_cycles, stop_stale
         self.active: list[ActiveRun] = []
@@ -137,6 +144,7 @@ class Trainings:
             run_dir=self.ws.root.resolve() / "runs" / name,
             decision=decision,
             confirms=confirms,
+            gpu=self.slots.gpu_for(run.gpu for run in self.active),
             **code,
         )
         self.ws.append_event(Launch(cycle=cycle, cycle_trace_id=trace, run=intent))
@@ -150,6 +158,7 @@ class Trainings:
             python, self.cfg.trainer_module, intent.overrides, intent.run_label, intent.run_dir, code
         )
         env = training_env(self.tracker.uri, self.tracker.experiment, trace, intent.parent_run_id, kind, code)
+        env |= self.slots.env(intent.gpu)
         if code is not None:  # the trainer tags which code it ran
             exp = intent.experiment
             env[tracking.ENV_CODE_COMMIT] = exp.commit if exp else self.code.codebase.incumbent()
@@ -199,7 +208,11 @@ class Trainings:
 
     def free_slots(self) -> int:
         """Training slots not taken by a running training."""
-        return max(0, self.cfg.max_concurrent - sum(self.launcher.running(run) for run in self.active))
+        return max(0, self.slots.count - sum(self.launcher.running(run) for run in self.active))
+
+    def gpu_view(self, readings: list[dict]) -> list[dict]:
+        """Each slot's GPU with the run on it and its NVML reading (empty on CPU)."""
+        return self.slots.view({r.gpu: r.run_label for r in self.active if r.gpu is not None}, readings)
 
     def monitor_window(self, requested: int, wait: bool = False) -> float:
         """Seconds to watch for a decision's `monitor_seconds`: the default for 0 while runs are active;
@@ -280,9 +293,7 @@ class Trainings:
         for run, outcome in pairs:
             self.active = [r for r in self.active if r.run_dir != run.run_dir]
             if outcome.mlflow_run_id is None:  # it ended before printing its summary: its tags know
-                found = tracking.find_run_by_tag(
-                    self.tracker.uri, self.tracker.experiment, tracking.RUN_DIR, str(run.run_dir)
-                )
+                found = self.tracker.run_by_tag(tracking.RUN_DIR, str(run.run_dir))
                 outcome = outcome.model_copy(update={"mlflow_run_id": found})
             self.ws.append_event(
                 RunEnd(cycle=run.cycle, cycle_trace_id=run.cycle_trace_id, run=outcome, run_dir=run.run_dir)
@@ -305,6 +316,7 @@ class Trainings:
         """One train and one validation batch of the experiment, sandboxed; its outcome when it did not
         finish (a crash here costs seconds, not a run), else None."""
         intent = self.code.preflight_intent(label, overrides, trace, exp, self.ws.root.resolve() / "runs")
+        intent.gpu = self.slots.gpu_for(run.gpu for run in self.active)
         outcome = run_to_end(self.launcher, self._spec(intent, trace, "preflight", f"{label}.preflight"))
         return None if outcome.status == "finished" else outcome
 
@@ -313,7 +325,7 @@ class Trainings:
         event, tags, confirm = self.code.end(run, outcome, self.tracker.training_runs())
         self.ws.append_event(event)
         if outcome.mlflow_run_id:
-            tracking.set_tags(self.tracker.uri, outcome.mlflow_run_id, tags)
+            self.tracker.set_tags(outcome.mlflow_run_id, tags)
         if confirm is not None:
             label = f"{run.run_label}-confirm"[:80]
             self.launch(
@@ -366,7 +378,7 @@ class Trainings:
         """An event under the launching cycle, and tags on the decision run that launched the training."""
         self.ws.append_event(event)
         if run.parent_run_id:
-            tracking.set_tags(self.tracker.uri, run.parent_run_id, tags)
+            self.tracker.set_tags(run.parent_run_id, tags)
 
     # after a crash -------------------------------------------------------------------------------
 

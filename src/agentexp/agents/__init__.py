@@ -118,6 +118,7 @@ def prompt_values(mission: Mission, context: Context, gate: GateConfig | None = 
         "active_runs": structured["active_runs"],
         "max_concurrent": structured["max_concurrent"],
         "code": structured["code"],
+        "gpu": structured.get("gpu", []),
         "recent_runs": structured["runs"][-RECENT_RUNS:],
         "leaderboard": context.leaderboard,
         "leaderboard_note": context.leaderboard_note,

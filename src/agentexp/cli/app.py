@@ -8,6 +8,7 @@ import typer
 
 from agentexp import tracking
 from agentexp.config import ConfigError, compose_loop
+from agentexp.launchers.base import LauncherError
 from agentexp.llm.base import LLMError
 from agentexp.mission import MissionError
 from agentexp.workspace import Workspace, WorkspaceError
@@ -17,7 +18,7 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help=HELP)
 
 OVERRIDES = typer.Argument(None, help="Hydra overrides of conf/loop.yaml, e.g. llm=codex loop.max_cycles=50")
 WORKSPACE = typer.Option(Path(".llm_loop"), "--workspace", help="the loop's workspace folder")
-USER_ERRORS = (ConfigError, MissionError, LLMError, WorkspaceError)
+USER_ERRORS = (ConfigError, MissionError, LLMError, WorkspaceError, LauncherError)
 
 
 def _fail(err: Exception) -> typer.Exit:

@@ -31,7 +31,6 @@ def build_loop(cfg: LoopConfig):
     from agentexp.config import MISSIONS_DIR, with_mission_space
     from agentexp.experiments import Experiments, open_codebase
     from agentexp.finisher import Finisher
-    from agentexp.launchers.local import LocalLauncher
     from agentexp.llm import build_backend
     from agentexp.loop import Loop
     from agentexp.mission import load_mission
@@ -44,12 +43,14 @@ def build_loop(cfg: LoopConfig):
     uri = tracking.resolve_uri(cfg.tracking.uri)
     experiment = tracking.resolve_experiment(cfg.tracking.experiment or mission.name)
     tracker = tracking.Tracker(uri, experiment)
-    launcher = LocalLauncher(cfg.executor.stop_grace_s)
+    launcher, slots = _launcher(cfg, ws)
     stale = (cfg.loop.stale_orphan_cycles, cfg.loop.stuck_wait_recovery)
     codebase = open_codebase(cfg.code, mission.name, ws.root)
     code = Experiments(cfg.code, codebase, mission.summary_key, mission.direction)
     pruner = Pruner(cfg.executor.prune, tracker, mission.metric_key, mission.direction)
-    trainings = Trainings(ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code, pruner=pruner)
+    trainings = Trainings(
+        ws, launcher, cfg.executor, cfg.repair, tracker, *stale, code=code, pruner=pruner, slots=slots
+    )
     worker_llm = build_backend(cfg.llm, ws.root)
     worker = Worker(worker_llm, mission, cfg.loop.max_reasks, retry=cfg.llm.retry, gate=cfg.gate)
     mentor = None
@@ -59,6 +60,18 @@ def build_loop(cfg: LoopConfig):
         mentor = Mentor(backend, mission, cfg.mentor, retry=mentor_llm.retry, gate=cfg.gate)
     finisher = Finisher(ws, tracking.Source(uri, experiment, mission.summary_key, mission.direction))
     return Loop(cfg, mission, ws, tracker, trainings, worker, mentor, finisher)
+
+
+def _launcher(cfg: LoopConfig, ws: Workspace):
+    """The launcher the config names and its slots (None: this machine's, from executor)."""
+    from agentexp.launchers.local import LocalLauncher
+    from agentexp.launchers.slots import Slots
+    from agentexp.launchers.slurm import SlurmConfig, SlurmLauncher
+
+    if isinstance(cfg.launcher, SlurmConfig):  # SLURM binds each job's GPUs; its CPUs are its threads
+        slots = Slots(cfg.executor.max_concurrent, [], cfg.launcher.cpus_per_job)
+        return SlurmLauncher(cfg.launcher, ws.root / "slurm", cfg.executor.stop_grace_s), slots
+    return LocalLauncher(cfg.executor.stop_grace_s), None
 
 
 @app.command()

@@ -59,7 +59,9 @@ class Handle(_Strict):
     started_at: float
     """Unix time the process started (a pid alone may be recycled)."""
     host: str = Field(default_factory=socket.gethostname)
-    """Machine the process runs on."""
+    """Machine the process runs on (the submitting one for a SLURM job)."""
+    job_id: str | None = None
+    """The SLURM job of a training launcher=slurm submitted (pid is then 0)."""
 
 
 class ActiveRun(_Strict):
@@ -90,6 +92,8 @@ class ActiveRun(_Strict):
     """The code experiment it trains."""
     confirms: bool = False
     """A confirmation run of that experiment."""
+    gpu: int | None = None
+    """The GPU its slot holds (CUDA_VISIBLE_DEVICES); None on CPU or under SLURM."""
 
     @property
     def pid(self) -> int:

@@ -8,8 +8,10 @@ import os
 import signal
 import subprocess
 import time
+from typing import Literal
 
 import psutil
+from pydantic import BaseModel, ConfigDict
 
 from agentexp.launchers.base import ActiveRun, Handle, LauncherError, LaunchSpec, RunOutcome, judge
 from agentexp.launchers.sandbox import wrap
@@ -22,6 +24,14 @@ START_TOLERANCE_S = 2.0
 """A live pid whose start time differs more than this from the run's is a reused pid, not the run."""
 
 Key = tuple[int, float]
+
+
+class LocalConfig(BaseModel):
+    """`launcher=local` (conf/launcher/local.yaml): trainings as subprocesses on this machine."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: Literal["local"] = "local"
 
 
 class LocalLauncher:

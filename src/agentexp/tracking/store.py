@@ -219,17 +219,25 @@ def artifact_paths(uri: str, run_id: str, folder: str) -> set[str]:
 
 def set_tags(uri: str, run_id: str, tags: dict[str, str]) -> None:
     """Set (or overwrite) tags on a run in one batch (secrets redacted)."""
+    tag_run(MlflowClient(uri), run_id, tags)
+
+
+def tag_run(client: MlflowClient, run_id: str, tags: dict[str, str]) -> None:
+    """set_tags through a given client."""
     tags = redact_data(tags)
-    MlflowClient(uri).log_batch(run_id, tags=[RunTag(k, v[:MAX_TAG]) for k, v in tags.items()])
+    client.log_batch(run_id, tags=[RunTag(k, v[:MAX_TAG]) for k, v in tags.items()])
 
 
 def find_run_by_tag(uri: str, experiment: str, key: str, value: str) -> str | None:
     """The id of the newest run of an experiment whose tag `key` equals `value`, else None."""
     experiment_id = find_experiment(uri, experiment)
-    if experiment_id is None:
-        return None
+    return None if experiment_id is None else run_by_tag(MlflowClient(uri), experiment_id, key, value)
+
+
+def run_by_tag(client: MlflowClient, experiment_id: str, key: str, value: str) -> str | None:
+    """find_run_by_tag through a given client, in a known experiment."""
     quote = '"' if "'" in value else "'"  # MLflow's filter has no escapes; either quote is allowed
-    found = MlflowClient(uri).search_runs(
+    found = client.search_runs(
         [experiment_id],
         f"tags.`{key}` = {quote}{value}{quote}",
         max_results=1,

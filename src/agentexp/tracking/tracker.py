@@ -29,8 +29,10 @@ from agentexp.tracking.names import (
     PID,
     SEED,
     SESSION,
+    SLURM_JOB,
 )
-from agentexp.tracking.store import _row, ensure_store
+from agentexp.tracking.patience import Patient
+from agentexp.tracking.store import _row, ensure_store, run_by_tag, tag_run
 
 MAX_QUERY = 5000
 """Training runs read for the agents' context (newest first); older ones only matter to reports."""
@@ -45,7 +47,7 @@ class Tracker:
     def __init__(self, uri: str, experiment: str):
         self.uri, self.experiment = uri, experiment
         mlflow.set_tracking_uri(uri)  # the trace exporter writes to the global store, not to a client's
-        self.client = MlflowClient(uri)
+        self.client = Patient(MlflowClient(uri))  # the loop waits out a tracking server gone away
         self.experiment_id = ensure_store(uri, experiment)
         self._train_runs: list[dict] | None = None
         self._known: dict[str, tuple[int, dict]] = {}  # run id -> (start time, row)
@@ -121,6 +123,8 @@ class Tracker:
 
     def log_calls(self, run_id: str, role: str, calls: list) -> None:
         """Each LLM call as an MLflow trace linked to its decision run (prompt in, raw answer out)."""
+        if calls:  # traces export in the background, where MLflow drops what fails: wait for the server here
+            self.client.get_experiment(self.experiment_id)
         for call in calls:
             end = time.time_ns()
             span = self.client.start_trace(
@@ -173,17 +177,31 @@ class Tracker:
             order_by=["attributes.start_time DESC"],
         )
 
+    def set_tags(self, run_id: str, tags: dict[str, str]) -> None:
+        """Set (or overwrite) tags on a run (secrets redacted)."""
+        tag_run(self.client, run_id, tags)
+
+    def run_by_tag(self, key: str, value: str) -> str | None:
+        """The newest run of the loop's experiment whose tag `key` is `value`, else None."""
+        return run_by_tag(self.client, self.experiment_id, key, value)
+
     def invalidate(self) -> None:
         """Mark the cached training runs stale: call when a training ends (the next read is incremental)."""
         self._train_runs = None
 
-    def reap(self, alive: Callable[[int], bool]) -> list[str]:
-        """End as KILLED every RUNNING run of this host whose recorded process is gone (a hard kill leaves
-        them so); runs of other hosts, or with no host recorded, are never touched from here."""
+    def reap(self, alive: Callable[[int], bool], job_ended: Callable[[str], bool | None]) -> list[str]:
+        """End as KILLED every RUNNING run whose process is gone (a hard kill leaves them so): a SLURM job's
+        run once SLURM says the job ended, any other run only on its own host when its pid is gone. Runs of
+        other hosts, with no host recorded, or of jobs nobody here can query, are never touched."""
         reaped, host = [], socket.gethostname()
         for run in self.client.search_runs([self.experiment_id], "attributes.status = 'RUNNING'"):
-            pid, where = run.data.tags.get(PID), run.data.tags.get(HOST)
-            if where == host and pid and pid.isdigit() and not alive(int(pid)):
+            tags = run.data.tags
+            pid, where, job = tags.get(PID), tags.get(HOST), tags.get(SLURM_JOB)
+            if job:
+                gone = job_ended(job) is True
+            else:
+                gone = where == host and bool(pid) and pid.isdigit() and not alive(int(pid))
+            if gone:
                 self.client.set_terminated(run.info.run_id, "KILLED")
                 reaped.append(run.info.run_id)
         if reaped:
