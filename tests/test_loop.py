@@ -169,7 +169,11 @@ def test_cost_budget_counts_reported_tokens_at_configured_prices(tmp_path, store
 
 
 def test_max_trainings_ends_the_loop_once_its_trainings_have_ended(tmp_path, store):
-    raws = [decision(run_label=f"resnet18-lr{i}e-3", overrides=[f"optim.lr=0.00{i}"]) for i in range(1, 6)]
+    # Each decision watches its training to the end (the watch returns when it ends), however loaded the machine.
+    raws = [
+        decision(run_label=f"resnet18-lr{i}e-3", overrides=[f"optim.lr=0.00{i}"], monitor_seconds=600)
+        for i in range(1, 6)
+    ]
     reason, ws = run_loop(tmp_path, raws, "loop.max_cycles=10", "loop.max_trainings=2")
     assert reason == "max_trainings"
     trains = store.runs("train")
