@@ -169,7 +169,7 @@ def test_cost_budget_counts_reported_tokens_at_configured_prices(tmp_path, store
 
 
 def test_max_trainings_ends_the_loop_once_its_trainings_have_ended(tmp_path, store):
-    # Each decision watches its training to the end (the watch returns when it ends), however loaded the machine.
+    # Each decision watches its training to its end (the watch returns then), however loaded the machine.
     raws = [
         decision(run_label=f"resnet18-lr{i}e-3", overrides=[f"optim.lr=0.00{i}"], monitor_seconds=600)
         for i in range(1, 6)
