@@ -214,9 +214,12 @@ class Trainings:
         ended += self._stale(cycle, trace, idle_streak, idle_since)
         return self._ended(ended)
 
-    def watch(self, seconds: float, should_stop: StopCheck, beat: Beat) -> list[RunOutcome]:
+    def watch(
+        self, seconds: float, should_stop: StopCheck, beat: Beat, first_end: bool = True
+    ) -> list[RunOutcome]:
         """Watch the running trainings for up to `seconds` (clamped), beating, until one of them ends (the
-        next cycle decides on that evidence and its free slot); return those that ended."""
+        next cycle decides on that evidence and its free slot), or with `first_end` False until all have;
+        return those that ended."""
         deadline = time.monotonic() + min(max(seconds, 0.0), self.cfg.monitor_seconds_max)
         ended: list[RunOutcome] = []
         while True:
@@ -225,7 +228,7 @@ class Trainings:
             )
             beat()
             left = deadline - time.monotonic()
-            if ended or not self.active or left <= 0 or should_stop():
+            if (ended and first_end) or not self.active or left <= 0 or should_stop():
                 return ended
             time.sleep(min(self.cfg.poll_interval_s, left))
 
@@ -240,7 +243,7 @@ class Trainings:
             if should_stop():
                 ended += self.stop_all()
             else:
-                ended += self.watch(self.cfg.monitor_seconds_max, should_stop, beat)
+                ended += self.watch(self.cfg.monitor_seconds_max, should_stop, beat, first_end=False)
         return ended
 
     def _stale(self, cycle: int, trace: str, idle_streak: int, idle_since: float | None) -> list:
