@@ -199,7 +199,8 @@ class Trainings:
 
     def monitor_window(self, requested: int, wait: bool = False) -> float:
         """Seconds to watch for a decision's `monitor_seconds`: the default for 0 while runs are active;
-        a wait watches for as long as the bound allows (the watch ends when a run does)."""
+        a `wait` the worker chose (not a gate downgrade) watches as long as the bound allows (the watch
+        ends when a run does)."""
         if wait and self.active:
             requested = self.cfg.monitor_seconds_max
         elif requested <= 0 and self.active:
