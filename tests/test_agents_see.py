@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 from pathlib import Path
 
 import pytest
@@ -137,7 +136,6 @@ def test_the_mentors_architecture_alternatives_reach_the_notes_and_the_next_work
 
 @pytest.mark.slow
 def test_a_wait_watches_until_the_training_ends_and_the_prompt_counts_the_slots(tmp_path, store):
-    started = time.monotonic()
     reason, ws = run_loop(
         tmp_path,
         [decision(monitor_seconds=0), decision("wait", monitor_seconds=1)],
@@ -145,7 +143,7 @@ def test_a_wait_watches_until_the_training_ends_and_the_prompt_counts_the_slots(
         "executor.max_concurrent=2",
         "executor.monitor_seconds_default=0",
     )
-    assert reason == "max_cycles" and time.monotonic() - started < 120
+    assert reason == "max_cycles"
     assert _outcomes(ws) == ["launched", "finished"]  # not a 1 s tick: the wait saw the run end
     (train,) = store.runs("train")
     assert train.info.status == "FINISHED"

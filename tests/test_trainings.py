@@ -314,6 +314,17 @@ def test_watch_returns_when_a_run_ends_and_beats(ws, store):
     t.stop_all()
 
 
+def test_watch_for_every_end_returns_when_all_runs_ended(ws, store):
+    t = trainings(ws, store, max_concurrent=2)
+    start(t, "one", ["mode=finish"])
+    go = ws.root / "go"
+    start(t, "two", ["mode=wait", f"go={go}"])
+    release = lambda: len(t.active) == 1 and go.touch()  # noqa: E731 - "two" may end once "one" has
+    outcomes = t.watch(60, lambda: False, release, first_end=False)
+    assert sorted(o.run_label for o in outcomes) == ["one", "two"] and t.active == []
+    assert {o.status for o in outcomes} == {"finished"}
+
+
 def test_watch_honours_should_stop(ws, store):
     t = trainings(ws, store)
     run = start(t, "long", ["mode=sleep"])

@@ -197,10 +197,9 @@ class Loop:
         elif decision.action == Action.FINISH:
             cycle.outcome = "finished_loop"
         if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT):
-            chose_wait = decision.action == Action.WAIT and cycle.outcome != "downgraded"  # until a run ends
-            seconds = self.trainings.monitor_window(decision.monitor_seconds, wait=chose_wait)
-            beat = self._beat(cycle.number)
-            cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat))
+            seconds = self.trainings.monitor_window(decision.monitor_seconds, cycle.outcome == "waited")
+            beat, first_end = self._beat(cycle.number), cycle.planned is None  # seed runs: watch them all
+            cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat, first_end))
 
     # ---- record ----------------------------------------------------------------------------------
 

@@ -216,7 +216,8 @@ class Trainings:
 
     def monitor_window(self, requested: int, wait: bool = False) -> float:
         """Seconds to watch for a decision's `monitor_seconds`: the default for 0 while runs are active;
-        a wait watches for as long as the bound allows (the watch ends when a run does)."""
+        a `wait` the worker chose (not a gate downgrade) watches as long as the bound allows (the watch
+        ends when a run does)."""
         if wait and self.active:
             requested = self.cfg.monitor_seconds_max
         elif requested <= 0 and self.active:
@@ -229,16 +230,19 @@ class Trainings:
         """The trainings that ended since the last look, stale orphans included (reported, maybe stopped)."""
         return self._ended(self._look() + self._stale(cycle, trace, idle_streak, idle_since))
 
-    def watch(self, seconds: float, should_stop: StopCheck, beat: Beat) -> list[RunOutcome]:
+    def watch(
+        self, seconds: float, should_stop: StopCheck, beat: Beat, first_end: bool = True
+    ) -> list[RunOutcome]:
         """Watch the running trainings for up to `seconds` (clamped), beating, until one of them ends (the
-        next cycle decides on that evidence and its free slot); return those that ended."""
+        next cycle decides on that evidence and its free slot), or with `first_end` False until all have;
+        return those that ended."""
         deadline = time.monotonic() + min(max(seconds, 0.0), self.cfg.monitor_seconds_max)
         ended: list[RunOutcome] = []
         while True:
             ended += self._ended(self._look())
             beat()
             left = deadline - time.monotonic()
-            if ended or not self.active or left <= 0 or should_stop():
+            if (ended and first_end) or not self.active or left <= 0 or should_stop():
                 return ended
             time.sleep(min(self.cfg.poll_interval_s, left))
 
@@ -262,7 +266,7 @@ class Trainings:
             if should_stop():
                 ended += self.stop_all()
             else:
-                ended += self.watch(self.cfg.monitor_seconds_max, should_stop, beat)
+                ended += self.watch(self.cfg.monitor_seconds_max, should_stop, beat, first_end=False)
         return ended
 
     def _stale(self, cycle: int, trace: str, idle_streak: int, idle_since: float | None) -> list:
