@@ -99,7 +99,7 @@ def _active(runs: list[dict]) -> Table:
     return table
 
 
-def _top(src: tracking.Source) -> Table | Text:
+def _top(src: tracking.Source) -> Table | Text | Group:
     experiment_id = tracking.find_experiment(src.uri, src.experiment)
     rows = (
         tracking.run_table(src.uri, experiment_id, "train", (src.metric,), (), ranking.KEY_TAGS)
@@ -118,4 +118,5 @@ def _top(src: tracking.Source) -> Table | Text:
         table.add_column(column)
     for e in entries:
         table.add_row(str(e.rank), e.run_label, e.metric_text(), e.run_id)
-    return table
+    note = ranking.split_note(rows, src.metric)
+    return Group(table, Text(note)) if note else table
