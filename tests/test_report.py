@@ -278,7 +278,8 @@ def test_every_leaderboard_number_matches_mlflow(fill, tmp_path, store):
         cells = [c.strip() for c in line.strip("|").split("|")]
         std = f" ± {statistics.stdev(values):.4f} ({len(values)})" if len(values) > 1 else ""
         assert cells[3] == f"{statistics.fmean(values):.4f}{std}"
-        assert cells[7] == f"{run.data.metrics['wall_time_s']:.1f}" and cells[9] == str(row["cycle"])
+        assert cells[7] == f"{run.data.metrics['wall_time_s']:.1f}" and cells[10] == str(row["cycle"])
+        assert cells[9] == "-" and row["code_commit"] is None  # no code experiment: the checkout's code
     assert rows[0]["n"] == 2 and rows[0]["std"] == pytest.approx(statistics.stdev([0.95, 0.93]))
     assert [
         e.model_dump(mode="json") for e in report.leaderboard(fill.source(), 5)
