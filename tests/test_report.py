@@ -57,7 +57,18 @@ class Fill:
         self.client.set_terminated(run.info.run_id, "FINISHED")
         return run.info.run_id, trace
 
-    def train(self, label, value, overrides=(), *, seed=None, status="FINISHED", decision=None, start=None):
+    def train(
+        self,
+        label,
+        value,
+        overrides=(),
+        *,
+        seed=None,
+        status="FINISHED",
+        decision=None,
+        start=None,
+        code=None,
+    ):
         argv = ["trainer.epochs=3", "data=digits", *overrides]
         argv += [f"trainer.seed={seed}"] if seed is not None else []
         tags = {
@@ -68,6 +79,7 @@ class Fill:
             tracking.COMMAND: "python -m trainers.train " + " ".join([*argv, f"run_label={label}"]),
             tracking.DEVICE: "cpu",
             tracking.GPU_NAME: "none",
+            **(code or {}),
         }
         if decision is not None:
             tags[tracking.PARENT_RUN_ID], tags[tracking.CYCLE_TRACE_ID] = decision
@@ -189,6 +201,45 @@ def test_story_and_report_name_what_helped_and_what_failed(fill, tmp_path):
     assert "cpu, GPU none (3 runs)" in paper
 
 
+def code(commit: str, label: str, outcome: str) -> dict[str, str]:
+    """The tags a code experiment's training carries."""
+    branch = f"agentexp/digits/{label}"
+    return {tracking.CODE_COMMIT: commit, tracking.CODE_BRANCH: branch, tracking.CODE_OUTCOME: outcome}
+
+
+def test_kept_code_changes_show_their_diff_and_gain_and_the_leaderboard_names_the_code(fill, tmp_path):
+    fill.loop()
+    fill.train("base", 0.90, decision=fill.decision(1, "optimization", "base"))
+    loser, winner = fill.decision(2, "model_arch", "tiny"), fill.decision(3, "model_arch", "cnn")
+    fill.client.log_text(loser[0], "+LOSING CHANGE\n", "code/patch.diff")
+    fill.client.log_text(
+        winner[0], "diff --git a/trainers/recipe/model.py b/x\n+SmallCNN\n", "code/patch.diff"
+    )
+    fill.train("tiny", 0.20, decision=loser, code=code("d1" * 20, "c2-tiny", "discarded"))
+    fill.train("cnn", 0.95, decision=winner, code=code("c3" * 20, "c3-cnn", "confirming"))
+    confirm = fill.train(
+        "cnn-confirm", 0.97, seed=43, decision=winner, code=code("c3" * 20, "c3-cnn", "kept")
+    )
+    report.write_report(fill.source(), 5, Workspace(tmp_path / ".llm_loop"))
+    out = tmp_path / ".llm_loop" / "artifacts"
+    for name in ("final_condensed_story.md", "final_paper_report.md", "final_paper_report.html"):
+        section = (out / name).read_text().split("Code changes")[1]
+        assert section.count("c3c3c3c3c3c3") == 1 and confirm in section, name
+        assert "+0.0700 over the best run of other code before it" in section and "+SmallCNN" in section
+        assert "LOSING" not in section and "agentexp/digits/c3-cnn" in section
+    table = (out / "final_leaderboard_top5.md").read_text()
+    assert "| code=c3c3c3c3c3c3 |" in table and "| code=d1d1d1d1d1d1 |" in table
+    (base,) = [line for line in table.splitlines() if "| base |" in line]
+    assert base.endswith("| - | 1 | - |")  # the checkout's own code
+
+
+def test_without_a_kept_code_change_the_story_says_so(fill, tmp_path):
+    scenario(fill, tmp_path)
+    report.write_report(fill.source(), 10, Workspace(tmp_path / ".llm_loop"))
+    story = (tmp_path / ".llm_loop" / "artifacts" / "final_condensed_story.md").read_text()
+    assert "## Code changes\n\nNo code experiment was kept" in story
+
+
 def test_html_embeds_its_figures_and_the_files_land_on_the_newest_loop_run(fill, tmp_path, store):
     older = fill.loop()
     scenario(fill, tmp_path)
@@ -227,7 +278,8 @@ def test_every_leaderboard_number_matches_mlflow(fill, tmp_path, store):
         cells = [c.strip() for c in line.strip("|").split("|")]
         std = f" ± {statistics.stdev(values):.4f} ({len(values)})" if len(values) > 1 else ""
         assert cells[3] == f"{statistics.fmean(values):.4f}{std}"
-        assert cells[7] == f"{run.data.metrics['wall_time_s']:.1f}" and cells[9] == str(row["cycle"])
+        assert cells[7] == f"{run.data.metrics['wall_time_s']:.1f}" and cells[10] == str(row["cycle"])
+        assert cells[9] == "-" and row["code_commit"] is None  # no code experiment: the checkout's code
     assert rows[0]["n"] == 2 and rows[0]["std"] == pytest.approx(statistics.stdev([0.95, 0.93]))
     assert [
         e.model_dump(mode="json") for e in report.leaderboard(fill.source(), 5)

@@ -45,6 +45,8 @@ class Entry(BaseModel):
     wall_time_s: float | None
     """The best seed run's wall time."""
     git_commit: str | None
+    code_commit: str | None = None
+    """The code experiment's commit the runs trained (agentexp.code.commit); None: the checkout's code."""
     cycle: int | None
     """The cycle that proposed the configuration (its first run's)."""
     command: str | None
@@ -194,6 +196,7 @@ def _entry(runs: list[dict], metric: str, direction: str, common: set[str], numb
         epochs=int(epochs) if epochs and epochs.isdigit() else None,
         wall_time_s=best["metrics"].get(WALL_TIME),
         git_commit=tags.get(tracking.GIT_COMMIT),
+        code_commit=tags.get(tracking.CODE_COMMIT),
         cycle=tracking.cycle_of(first["tags"].get(tracking.CYCLE_TRACE_ID)),
         command=tags.get(tracking.COMMAND),
         start_time=first["start_time"] or 0,
@@ -210,6 +213,7 @@ COLUMNS = (
     "epochs",
     "wall time (s)",
     "git commit",
+    "code",
     "cycle",
     "seed runs",
 )
@@ -229,6 +233,7 @@ def markdown_table(entries: list[Entry]) -> str:
             str(e.epochs) if e.epochs is not None else "-",
             f"{e.wall_time_s:.1f}" if e.wall_time_s is not None else "-",
             (e.git_commit or "-")[:12],
+            f"code={e.code_commit[:12]}" if e.code_commit else "-",
             str(e.cycle) if e.cycle is not None else "-",
             ", ".join(f"`{r}`" for r in e.seed_run_ids) if e.n > 1 else "-",
         ]

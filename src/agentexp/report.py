@@ -24,6 +24,8 @@ TRAIN_TAGS = (
     tracking.PARENT_RUN_ID,
     tracking.SEED,
     tracking.GIT_COMMIT,
+    tracking.CODE_BRANCH,
+    tracking.CODE_OUTCOME,
     tracking.COMMAND,
     tracking.DEVICE,
     tracking.GPU_NAME,
@@ -100,6 +102,7 @@ def write_report(src: Source, k: int, ws: Workspace) -> list[Path]:
     per_class = tracking.read_json_artifact(src.uri, entries[0].run_id, paper.PER_CLASS)
     pngs = paper.figures_png(src, found, entries, per_class)
     values["limits"] = paper.limitations(values, per_class is None)
+    values["code_changes"] = code_changes(src, train)
     files = {name: ws.artifacts / name for name in pngs}
     for name, data in pngs.items():
         files[name].write_bytes(data)
@@ -117,6 +120,16 @@ def write_report(src: Source, k: int, ws: Workspace) -> list[Path]:
     if (loop_run := tracking.newest_run(src.uri, experiment_id, "loop")) is not None:
         tracking.log_files(src.uri, loop_run, list(files.values()), ARTIFACT_PATH)
     return list(files.values())
+
+
+def code_changes(src: Source, train: list[dict]) -> list[story.CodeChange]:
+    """The kept code experiments, each with the diff its decision run logged."""
+    changes = story.kept_code(train, src.metric, src.direction)
+    for change in changes:
+        if change.decision_run_id:
+            found = tracking.read_text_artifact(src.uri, change.decision_run_id, story.PATCH_ARTIFACT)
+            change.diff = found or ""
+    return changes
 
 
 def render(template: str, **values) -> str:

@@ -14,6 +14,8 @@ UNATTRIBUTED = "outside the loop"
 """The dimension of training runs no decision launched (sweeps, hand-started runs)."""
 NO_RUN = "NO_RUN"
 """Status of a launched training that never opened its MLflow run (it failed before that)."""
+PATCH_ARTIFACT = "code/patch.diff"
+"""Where a decision run keeps the patch its code experiment was made from."""
 
 
 class Attempt(BaseModel):
@@ -144,3 +146,54 @@ def dimensions(found: list[Attempt], direction: str) -> list[Dimension]:
             )
         )
     return sorted(out, key=lambda d: (-d.gain, d.name))
+
+
+class CodeChange(BaseModel):
+    """A kept code experiment: its commit, the training that won, its measured gain and its diff."""
+
+    commit: str
+    branch: str
+    run_id: str
+    """Its best training run."""
+    run_label: str
+    metric: float
+    gain: float | None
+    """How far it beat the best finished run of other code started before it (None: nothing to beat)."""
+    decision_run_id: str | None
+    """The decision run that holds its patch."""
+    diff: str = ""
+
+
+def kept_code(train: list[dict], metric: str, direction: str) -> list[CodeChange]:
+    """The code experiments the loop kept (a training tagged agentexp.code.outcome=kept), in start order.
+
+    `train` is in start order; an experiment's runs are its training and its confirmation run, if any."""
+    key, out = better(direction), []
+    kept = [r["tags"][tracking.CODE_COMMIT] for r in train if r["tags"].get(tracking.CODE_OUTCOME) == "kept"]
+    for commit in dict.fromkeys(kept):
+        mine = [r for r in train if r["tags"].get(tracking.CODE_COMMIT) == commit]
+        done = [r for r in mine if _value(r, metric) is not None]
+        if not done:
+            continue
+        best = min(done, key=lambda r: key(_value(r, metric)))
+        first = train.index(mine[0])
+        before = [_value(r, metric) for r in train[:first] if r["tags"].get(tracking.CODE_COMMIT) != commit]
+        before = [v for v in before if v is not None]
+        rival = min(before, key=key) if before else None
+        out.append(
+            CodeChange(
+                commit=commit,
+                branch=mine[0]["tags"].get(tracking.CODE_BRANCH, ""),
+                run_id=best["run_id"],
+                run_label=best["run_name"],
+                metric=_value(best, metric),
+                gain=None if rival is None else abs(_value(best, metric) - rival),
+                decision_run_id=mine[0]["tags"].get(tracking.PARENT_RUN_ID),
+            )
+        )
+    return out
+
+
+def _value(row: dict, metric: str) -> float | None:
+    value = row["metrics"].get(metric)
+    return value if row["status"] == "FINISHED" and value is not None and math.isfinite(value) else None
