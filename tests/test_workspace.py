@@ -144,6 +144,17 @@ def test_workpad_tail_is_the_latest_part_of_each_section(ws: Workspace) -> None:
     assert text.count("\n## Data Exploration\n") == 1 and "note number 1 " in text
 
 
+def test_a_workpad_note_is_redacted_and_older_ones_are_not_scanned_again(ws: Workspace, monkeypatch) -> None:
+    ws.append_workpad("Notes", 1, "first note " + "x" * 5000)
+    scanned = []
+    redact = workspace_module.redact
+    monkeypatch.setattr(workspace_module, "redact", lambda text: scanned.append(text) or redact(text))
+    ws.append_workpad("Notes", 2, "api_key=sk-proj-abcdefghijklmnop1234 leaked")
+    text = ws.workpad_path.read_text()
+    assert "sk-proj-abcdefghijklmnop1234" not in text and "[REDACTED] leaked" in text
+    assert "first note" in text and sum(map(len, scanned)) < 100
+
+
 def test_mentor_notes_tail_is_the_end(ws: Workspace) -> None:
     ws.append_mentor_note(1, "first: try augmentation")
     ws.append_mentor_note(5, "latest: try a convnext")
