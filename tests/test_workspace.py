@@ -16,7 +16,7 @@ from agentexp.events import EVENT, CycleEnd, CycleStart, QualityGate, RunEnd
 from agentexp.files import atomic_write_text
 from agentexp.launchers.base import ActiveRun, Handle, RunOutcome
 from agentexp.signals import CycleSummary
-from agentexp.todos import TodoQueue
+from agentexp.todos import TodoFile, TodoQueue
 from agentexp.workspace import (
     AlreadyRunning,
     State,
@@ -142,6 +142,17 @@ def test_workpad_tail_is_the_latest_part_of_each_section(ws: Workspace) -> None:
     assert both.index("## Notes") < both.index("class 3 is rare")
     text = ws.workpad_path.read_text()
     assert text.count("\n## Data Exploration\n") == 1 and "note number 1 " in text
+
+
+def test_a_workpad_note_is_redacted_and_older_ones_are_not_scanned_again(ws: Workspace, monkeypatch) -> None:
+    ws.append_workpad("Notes", 1, "first note " + "x" * 5000)
+    scanned = []
+    redact = workspace_module.redact
+    monkeypatch.setattr(workspace_module, "redact", lambda text: scanned.append(text) or redact(text))
+    ws.append_workpad("Notes", 2, "api_key=sk-proj-abcdefghijklmnop1234 leaked")
+    text = ws.workpad_path.read_text()
+    assert "sk-proj-abcdefghijklmnop1234" not in text and "[REDACTED] leaked" in text
+    assert "first note" in text and sum(map(len, scanned)) < 100
 
 
 def test_mentor_notes_tail_is_the_end(ws: Workspace) -> None:
@@ -272,3 +283,21 @@ def test_todo_focus_is_oldest_and_newest_open(todos: TodoQueue) -> None:
     todos.add(["fourth"], "mentor", 3)
     todos.resolve([1])
     assert [i.text for i in todos.focus()] == ["second", "fourth"]
+
+
+def test_todo_reads_parse_an_unchanged_queue_once_and_see_every_change(todos: TodoQueue, monkeypatch) -> None:
+    todos.add(["a", "b"], "worker", 1)
+    parses = []
+    validate = TodoFile.model_validate_json
+    monkeypatch.setattr(TodoFile, "model_validate_json", lambda text: parses.append(1) or validate(text))
+    for _ in range(3):
+        assert [i.text for i in TodoQueue(todos.json_path.parent).open_items()] == ["a", "b"]
+    assert len(parses) == 1
+    todos.open_items()[0].resolved = True  # a caller changing what it got leaves the queue as it is
+    assert [i.text for i in todos.focus()] == ["a", "b"]
+    queue = todos.load()  # another process rewrites the file, e.g. `agentexp todo`
+    queue.items[0].text = "edited elsewhere"
+    atomic_write_text(todos.json_path, queue.model_dump_json())
+    assert [i.text for i in todos.open_items()] == ["edited elsewhere", "b"]
+    todos.resolve([2])
+    assert [i.text for i in todos.open_items()] == ["edited elsewhere"]

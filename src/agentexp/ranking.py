@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import statistics
@@ -63,11 +64,17 @@ class Entry(BaseModel):
 
 def overrides_of(row: dict) -> list[str]:
     """A training row's recorded overrides (an unreadable tag counts as none)."""
+    return list(_parsed_overrides(row["tags"].get(tracking.OVERRIDES, "[]")))
+
+
+@functools.lru_cache(maxsize=20_000)
+def _parsed_overrides(tag: str) -> tuple[str, ...]:
+    """Each tag parsed once: a leaderboard is recomputed after every training, over every run."""
     try:
-        found = json.loads(row["tags"].get(tracking.OVERRIDES, "[]"))
+        found = json.loads(tag)
     except ValueError:
-        return []
-    return [str(o) for o in found] if isinstance(found, list) else []
+        return ()
+    return tuple(str(o) for o in found) if isinstance(found, list) else ()
 
 
 def config_of(overrides: list[str]) -> list[str]:

@@ -59,6 +59,11 @@ def _key(text: str) -> str:
     return flatten(text).casefold()
 
 
+_parsed: dict[Path, tuple[tuple[int, int, int], TodoFile]] = {}
+"""Per queue file, its last parse and the (inode, mtime, size) it had: every cycle reads the queue (for the
+signals and the prompt) and few change it, so an unchanged file is not parsed again."""
+
+
 class TodoQueue:
     """Reads and writes the shared TODO queue under a workspace's artifacts/ folder."""
 
@@ -68,10 +73,22 @@ class TodoQueue:
         self.limits = limits or TodoLimits()
 
     def load(self) -> TodoFile:
-        """Current queue (empty when there is no file yet)."""
+        """Current queue (empty when there is no file yet), freshly read: the caller may change it."""
         if not self.json_path.exists():
             return TodoFile()
         return TodoFile.model_validate_json(self.json_path.read_text(encoding="utf-8"))
+
+    def _current(self) -> TodoFile:
+        """Current queue, parsed again only when the file changed: shared, never to be changed."""
+        try:
+            stat = self.json_path.stat()
+        except FileNotFoundError:
+            return TodoFile()
+        seen = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        cached = _parsed.get(self.json_path)
+        if cached is None or cached[0] != seen:
+            cached = _parsed[self.json_path] = (seen, self.load())
+        return cached[1]
 
     def accept_budget(self, open_count: int, source: TodoSource) -> int:
         """How many new items one call from `source` may add with `open_count` items open."""
@@ -111,7 +128,7 @@ class TodoQueue:
 
     def open_items(self) -> list[TodoItem]:
         """Unresolved items, oldest first."""
-        return [item for item in self.load().items if not item.resolved]
+        return [item.model_copy() for item in self._current().items if not item.resolved]
 
     def focus(self, n: int = 1) -> list[TodoItem]:
         """The `n` oldest and `n` newest unresolved items, without repeats (what the prompt shows)."""

@@ -163,9 +163,11 @@ class Workspace:
             raise ValueError(f"unknown workpad section {section!r}")
         self.create()
         sections = self._workpad_sections()
-        sections[section] += f"\n### cycle {cycle}\n{escape_headings(text.strip())}\n"
+        # only the new entry is redacted: the rest was when it was written (at 800 notes, redacting the
+        # whole workpad took longer than the rest of the cycle)
+        sections[section] += f"\n### cycle {cycle}\n{redact(escape_headings(text.strip()))}\n"
         body = "".join(f"## {name}\n{content}\n" for name, content in sections.items())
-        atomic_write_text(self.workpad_path, redact("# Workpad\n\n" + body))
+        atomic_write_text(self.workpad_path, "# Workpad\n\n" + body)
 
     def workpad_tail(self, chars: int, section: WorkpadSection | None = None) -> str:
         """The latest `chars` characters of one section, or of each section sharing `chars`."""
