@@ -196,10 +196,12 @@ class Loop:
             cycle.outcome = "analyzed"
         elif decision.action == Action.FINISH:
             cycle.outcome = "finished_loop"
-        if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT):
+        # a launch that leaves a slot free goes straight to the next cycle, which may fill it
+        full = decision.action == Action.WAIT or not self.trainings.free_slots()
+        if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT) and full:
             seconds = self.trainings.monitor_window(decision.monitor_seconds)
             beat = self._beat(cycle.number)
-            cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat))
+            cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat, refill=True))
 
     # ---- record ----------------------------------------------------------------------------------
 

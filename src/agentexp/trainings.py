@@ -224,8 +224,9 @@ class Trainings:
         ended += self._stale(cycle, trace, idle_streak, idle_since)
         return self._ended(ended)
 
-    def watch(self, seconds: float, should_stop: StopCheck, beat: Beat) -> list[RunOutcome]:
-        """Watch the running trainings for up to `seconds` (clamped), beating; return those that ended."""
+    def watch(self, seconds: float, should_stop: StopCheck, beat: Beat, refill=False) -> list[RunOutcome]:
+        """Watch the running trainings for up to `seconds` (clamped), beating; return those that ended (with
+        `refill`, as soon as one did: its slot is free for the next cycle)."""
         deadline = time.monotonic() + min(max(seconds, 0.0), self.cfg.monitor_seconds_max)
         ended: list[RunOutcome] = []
         while True:
@@ -234,7 +235,7 @@ class Trainings:
             )
             beat()
             left = deadline - time.monotonic()
-            if not self.active or left <= 0 or should_stop():
+            if not self.active or left <= 0 or should_stop() or (refill and ended):
                 return ended
             time.sleep(min(self.cfg.poll_interval_s, left))
 
