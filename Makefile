@@ -68,3 +68,4 @@ bench: $(STAMP)  ## benchmarks: ratios against a baseline measured in the same r
 	$(PY) bench/throughput.py
 	$(PY) bench/loop_overhead.py
 	$(PY) bench/report.py
+	$(PY) bench/slots.py

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import os
+import time
 
 import mlflow
 import psutil
 from helpers import decision, scripted_loop
 
 from agentexp import status
+from agentexp.events import Launched, RunEnd
 
 
 def fake_nvml() -> list[dict]:
@@ -67,3 +69,22 @@ def test_status_shows_each_gpu_and_the_run_its_slot_holds(ws):
     text = " ".join(str(part) for part in status.render(ws, read_gpus=fake_nvml).renderables)
     assert "GPU: 0: 97% 76.0/80.0 GiB (wide-lr), 1: 0% 0.5/80.0 GiB" in text
     assert "GPU: none" in " ".join(str(p) for p in status.render(ws, read_gpus=list).renderables)
+
+
+def test_a_launch_that_leaves_a_slot_free_does_not_wait_before_filling_it(tmp_path, store, monkeypatch):
+    (tmp_path / "napping_trainer.py").write_text("import time\ntime.sleep(4)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path), prepend=os.pathsep)
+    raws = [
+        decision(run_label="first", monitor_seconds=600),
+        decision(run_label="second", monitor_seconds=600),
+    ]
+    loop = scripted_loop(
+        tmp_path, raws, "executor.max_concurrent=2", "executor.trainer_module=napping_trainer"
+    )
+    began = time.monotonic()
+    assert loop.run() == "script_exhausted"
+    assert time.monotonic() - began < 60  # neither cycle sat out its 600 s watch
+    launched = [e for e in loop.ws.events() if isinstance(e, Launched)]
+    ended = [e for e in loop.ws.events() if isinstance(e, RunEnd)]
+    assert [e.run.run_label for e in launched] == ["first", "second"]
+    assert launched[1].ts < min(e.ts for e in ended)  # both ran at once

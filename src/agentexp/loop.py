@@ -196,7 +196,8 @@ class Loop:
             cycle.outcome = "analyzed"
         elif decision.action == Action.FINISH:
             cycle.outcome = "finished_loop"
-        if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT):
+        full = decision.action == Action.WAIT or not self.trainings.free_slots()  # else: fill the free slot
+        if self.trainings.active and decision.action in (Action.TRAIN, Action.WAIT) and full:
             seconds = self.trainings.monitor_window(decision.monitor_seconds, cycle.outcome == "waited")
             beat, first_end = self._beat(cycle.number), cycle.planned is None  # seed runs: watch them all
             cycle.ended += self._ended(self.trainings.watch(seconds, self._should_stop, beat, first_end))
@@ -214,11 +215,10 @@ class Loop:
         where = {"cycle": cycle.number, "cycle_trace_id": cycle.trace_id}
         if cycle.mentor:
             self.ws.append_event(MentorEvent(**where, mentor=record.mentor_record(cycle)))
+            self.tracker.log_calls(decision_run_id, "mentor", cycle.mentor.calls)
         if cycle.violations:
             self.ws.append_event(QualityGate(**where, quality_gate=cycle.violations))
         self.tracker.log_calls(decision_run_id, "worker", cycle.calls)
-        if cycle.mentor:
-            self.tracker.log_calls(decision_run_id, "mentor", cycle.mentor.calls)
         self.tracker.log_decision(decision_run_id, *record.decision_record(self.cfg, cycle))
         args = (cycle.number, cycle.trace_id, decision_run_id, summary, record.story(cycle))
         record.commit(self.ws, self.tracker, state, self.trainings.active, *args)
