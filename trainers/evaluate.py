@@ -18,9 +18,10 @@ from pydantic import ValidationError
 from torch.utils.data import DataLoader
 
 from agentexp import tracking
+from trainers import recipe
 from trainers.config import TrainConfig, UserError
-from trainers.data import FileImages, build_transform, load_test, test_source
-from trainers.model import create_model, epoch_metrics
+from trainers.data import FileImages, load_test, test_source
+from trainers.model import epoch_metrics
 from trainers.train import CLASSES, SUMMARY_PREFIX
 
 CHECKPOINT = "checkpoints/best.ckpt"
@@ -49,7 +50,7 @@ def score(uri: str, run_id: str, data: Path | None) -> tuple[str, float]:
         raise UserError(f"run {run_id} has no logged checkpoint with its classes ({CHECKPOINT}, {CLASSES})")
     paths, labels, found = load_test(cfg, path.expanduser(), classes)
     net = _network(uri, run_id, cfg, len(classes))
-    probs = _predict(net, cfg, FileImages(paths, labels, build_transform(cfg, train=False)))
+    probs = _predict(net, cfg, FileImages(paths, labels, recipe.val_transform(cfg)))
     value = epoch_metrics(probs, torch.tensor(labels), len(classes))[cfg.metric.key]
     client = MlflowClient(uri)
     client.log_metric(run_id, cfg.metric.test_key, value)
@@ -69,7 +70,9 @@ def _network(uri: str, run_id: str, cfg: TrainConfig, num_classes: int) -> torch
         except (MlflowException, OSError):
             raise UserError(f"run {run_id} has no logged checkpoint ({CHECKPOINT})") from None
         state = torch.load(local, map_location="cpu", weights_only=True)["state_dict"]
-    net = create_model(cfg.model.model_copy(update={"pretrained": False}), num_classes)
+    net = recipe.build_model(
+        cfg.model_copy(update={"model": cfg.model.model_copy(update={"pretrained": False})}), num_classes
+    )
     net.load_state_dict({k.removeprefix("net."): v for k, v in state.items() if k.startswith("net.")})
     return net.eval()
 
