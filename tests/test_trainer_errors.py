@@ -84,3 +84,19 @@ def test_csv_missing_column(tmp_path):
     table.write_text("path,diagnosis\na.png,x\n")
     message = fails_with(tmp_path, ["data=csv", f"data.csv_path={table}"])
     assert message == f"{table} has no column 'label' (columns: path, diagnosis)"
+
+
+def test_a_signal_wrapped_in_a_library_error_is_still_an_interruption():
+    from mlflow.exceptions import MlflowException
+
+    from trainers.train import TrainingInterrupted, _interruption
+
+    stop = TrainingInterrupted("received SIGTERM", 143)
+    try:
+        try:
+            raise stop
+        except TrainingInterrupted as inner:
+            raise MlflowException("received SIGTERM") from inner
+    except MlflowException as wrapped:
+        assert _interruption(wrapped) is stop
+    assert _interruption(ValueError("a real crash")) is None

@@ -90,12 +90,12 @@ def train(cfg: TrainConfig, run_dir: Path, overrides: list[str]) -> dict:
             mlflow.set_tag(tracking.DEVICE, str(trainer.strategy.root_device))
             trainer.fit(module, datamodule=datamodule)
             summary = _finish(cfg, module, split, trainer, run.info.run_id, started)
-        except TrainingInterrupted:
-            mlflow.end_run("KILLED")
-            raise
-        except BaseException:
-            mlflow.end_run("FAILED")
-            raise
+        except BaseException as err:
+            if (stop := _interruption(err)) is None:
+                mlflow.end_run("FAILED")
+                raise
+            mlflow.end_run("KILLED")  # a signal that hit inside a library may come back wrapped in its error
+            raise stop from None
         mlflow.end_run("FINISHED")
     print(SUMMARY_PREFIX + json.dumps(summary), flush=True)
     return summary
@@ -119,6 +119,17 @@ def _interrupts_raise(timeout_s: float) -> Iterator[None]:
         signal.setitimer(signal.ITIMER_REAL, 0)
         for signum, old in previous.items():
             signal.signal(signum, old)
+
+
+def _interruption(err: BaseException | None) -> TrainingInterrupted | None:
+    """The TrainingInterrupted an error is, or was raised from (e.g. MLflow's "received SIGTERM")."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        if isinstance(err, TrainingInterrupted):
+            return err
+        seen.add(id(err))
+        err = err.__cause__ or err.__context__
+    return None
 
 
 def _run_tags(

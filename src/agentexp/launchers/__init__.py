@@ -1,4 +1,4 @@
-"""How a training process runs: one launcher per place (local processes; SLURM later), one protocol."""
+"""How a training process runs: one launcher per place (local processes, SLURM jobs), one protocol."""
 
 from __future__ import annotations
 
