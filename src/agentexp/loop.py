@@ -143,7 +143,7 @@ class Loop:
             active_runs=[r.run_label for r in self.trainings.active],
             deadline=self.finisher.deadline(self.clock()),
             failed_log_tail=self.failure_tail,
-            max_concurrent=self.cfg.executor.max_concurrent,
+            max_concurrent=self.trainings.slots.count,
             code=self.trainings.code.prompt_view(),
             gpu=self.trainings.gpu_view(self.read_gpus()) if self.trainings.slots.gpus else [],
         )
