@@ -28,7 +28,10 @@ TINY = ["debug=fast", "data.image_size=16"]
     ("uri", "says"),
     [
         # The bare scheme gets the psycopg2 driver (not psycopg 3's), the password stays hidden.
-        ("postgresql://agentexp:s3cret@127.0.0.1:{port}/x", "at postgresql+psycopg2://agentexp:***@127.0.0.1"),
+        (
+            "postgresql://agentexp:s3cret@127.0.0.1:{port}/x",
+            "at postgresql+psycopg2://agentexp:***@127.0.0.1",
+        ),
         ("sqlite:///mlflow.db", "must be a postgresql:// URI"),
     ],
 )
