@@ -8,7 +8,7 @@ brightness and colour shift. Train and validation share patients' pool (the trai
 best-by-validation configuration (mean over its seed runs, `ranking.rank`) is scored on the test split
 from its runs' best checkpoints by `test_auroc` below.
 
-    nice .venv/bin/python bench/search.py --seeds 2 --budget 6      # ~35 min on 2 loaded cores
+    nice .venv/bin/python bench/search.py --seeds 2 --budget 6      # ~50 min on 2 shared, loaded cores
 """
 
 from __future__ import annotations

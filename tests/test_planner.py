@@ -409,6 +409,7 @@ def test_median_rule_stops_a_run_behind_the_others_at_the_same_epoch():
     assert behind([0.5, 0.55], others, "maximize")  # epoch 1: best so far 0.55 < median 0.70
     assert not behind([0.5, 0.71], others, "maximize")
     assert not behind([0.75, 0.60], others, "maximize")  # its best so far counts, not its last epoch
+    assert not behind([0.5, 0.68], others, "maximize", margin=0.05)  # behind, but within the noise band
     assert not behind([0.1], others, "maximize")  # epoch 0 is the warm-up
     assert not behind([0.5, 0.55], others[:2], "maximize")  # two peers: no median trusted yet
     assert not behind([0.5, 0.55, 0.6, 0.6], others, "maximize")  # no peer reached epoch 3

@@ -1,5 +1,6 @@
 """Multi-fidelity: a training clearly behind the others at the same epoch is stopped early (Optuna's
-MedianPruner rule over the per-epoch validation metric the trainer logs to MLflow).
+MedianPruner rule over the per-epoch validation metric the trainer logs to MLflow, "clearly" meaning by
+more than the mission's seed-noise band, `noise.band`).
 
 A pruned training goes through the launcher like any stop: its run ends KILLED, and carries the tag
 `agentexp.pruned=true` so the leaderboard (FINISHED runs only) leaves it out and a reader sees why.
@@ -14,7 +15,7 @@ from collections.abc import Sequence
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
-from agentexp import tracking
+from agentexp import noise, ranking, tracking
 from agentexp.launchers.base import ActiveRun
 
 PRUNED = "agentexp.pruned"
@@ -42,9 +43,11 @@ def behind(
     direction: str,
     warmup_epochs: int = 1,
     min_runs: int = 3,
+    margin: float = 0.0,
 ) -> bool:
     """True when a run should stop: at its latest epoch (past the warm-up), its best value so far is worse
-    than the median of the other runs' values at that epoch, over at least `min_runs` of them.
+    by more than `margin` than the median of the other runs' values at that epoch, over at least
+    `min_runs` of them.
 
     `history` and each of `others` hold one value per epoch, epoch 0 first (MedianPruner's semantics:
     the trial's best intermediate value against the median of the others' values at the same step)."""
@@ -55,9 +58,7 @@ def behind(
     if len(at_epoch) < min_runs:
         return False
     median = statistics.median(at_epoch)
-    if direction == "maximize":
-        return max(history) < median
-    return min(history) > median
+    return noise.beats(median, max(history) if direction == "maximize" else min(history), margin, direction)
 
 
 class Pruner:
@@ -74,18 +75,20 @@ class Pruner:
         if not self.cfg.enabled or not running or time.monotonic() - self._last < self.cfg.check_every_s:
             return []
         self._last = time.monotonic()
-        others = self._peers()
+        rows = self.tracker.training_runs()
+        others, band = self._peers(rows), noise.band(ranking.rank(rows, f"best_{self.key}", self.direction))
         stop = []
         for run in running:
             run_id = self._run_id(run)
-            if run_id is not None and behind(
-                self._history(run_id), others, self.direction, self.cfg.warmup_epochs, self.cfg.min_runs
+            history = self._history(run_id) if run_id is not None else []
+            if history and behind(
+                history, others, self.direction, self.cfg.warmup_epochs, self.cfg.min_runs, band
             ):
                 stop.append((run, run_id))
         return stop
 
-    def _peers(self) -> list[list[float]]:
-        for row in self.tracker.training_runs():
+    def _peers(self, rows: list[dict]) -> list[list[float]]:
+        for row in rows:
             if row["status"] == "FINISHED" and row["run_id"] not in self._finished:
                 self._finished[row["run_id"]] = self._history(row["run_id"])
         return list(self._finished.values())
