@@ -151,6 +151,22 @@ def test_an_experiment_is_a_commit_on_its_branch_in_its_worktree_and_the_checkou
     assert checkout.git.status("--porcelain") == status  # the user's own edit is still there, unstaged
 
 
+def test_the_incumbent_follows_the_checkout_until_it_holds_a_kept_experiment(checkout, tmp_path):
+    code = Codebase(tmp_path / "project", "digits", tmp_path / "project" / ".llm_loop" / "worktrees")
+    first = code.incumbent()
+    commit = ["git", "-c", "user.name=u", "-c", "user.email=u@x", "commit", "-qam", "the user's next commit"]
+    (tmp_path / "project" / RECIPE_LOSS).write_text("SMOOTHING = 0.0  # new trainer code\n")
+    checkout.git.execute(commit)
+    assert code.incumbent() == checkout.head.commit.hexsha != first  # knob runs get the new code
+    assert code.incumbent_tree() is None  # ... in the checkout itself
+    old = ["SMOOTHING = 0.0  # new trainer code"]
+    kept = code.prepare("smooth01", 3, diff(RECIPE_LOSS, old, ["SMOOTHING = 0.1"]), "m")
+    assert code.keep(kept)
+    (tmp_path / "project" / "README.md").write_text("mine, committed later\n")
+    checkout.git.execute(commit)
+    assert code.incumbent() == kept.commit  # a kept experiment is never dropped for the checkout's HEAD
+
+
 @pytest.mark.parametrize(
     ("patch", "says"),
     [

@@ -136,10 +136,16 @@ class Codebase:
         self.best = f"agentexp/{mission}/best"
 
     def incumbent(self) -> str:
-        """The incumbent commit; its branch is made from HEAD the first time it is needed."""
+        """The incumbent commit. Its branch is made from HEAD the first time it is needed, and follows HEAD
+        while it holds no kept experiment HEAD lacks: the checkout's new commits reach every later run."""
+        head = self.repo.head.commit
         if self.best not in self.repo.heads:
             self.repo.git.branch(self.best, "HEAD")
-        return self.repo.heads[self.best].commit.hexsha
+        best = self.repo.heads[self.best].commit
+        if best != head and self.repo.is_ancestor(best, head):
+            self.repo.git.update_ref(f"refs/heads/{self.best}", head.hexsha, best.hexsha)
+            return head.hexsha
+        return best.hexsha
 
     def incumbent_tree(self) -> Path | None:
         """Where knob-only trainings run: None (the checkout itself) while the incumbent is HEAD, else a
