@@ -394,6 +394,7 @@ def build(root: Path, history: int, total: int):
         f"loop.max_cycles={total}",
         "executor.trainer_module=bench_noop_trainer",
         "executor.monitor_seconds_default=0",  # no cycle waits for a training: only the loop is timed
+        "code.enabled=false",  # knob decisions only: no incumbent branch in this checkout
     ]
     return build_loop(compose_loop(overrides))
 

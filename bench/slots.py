@@ -30,6 +30,7 @@ def arm(slots: int, minutes: float, folder: Path) -> dict:
     uri = f"sqlite:///{folder / f'slots{slots}' / 'mlflow.db'}"
     args = [
         "mentor.enabled=false",
+        "code.enabled=false",  # knob decisions only: no incumbent branch in this checkout
         f"executor.max_concurrent={slots}",
         f"loop.run_hours={minutes / 60}",
         "loop.max_cycles=100000",
