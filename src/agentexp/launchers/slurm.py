@@ -79,17 +79,9 @@ def job_ended(job_id: str) -> bool | None:
     """Whether SLURM says the job has ended; None when no sacct answers (the reaper then leaves it)."""
     if shutil.which("sacct") is None:
         return None
-    try:
-        done = subprocess.run(
-            ["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"],
-            capture_output=True,
-            text=True,
-            timeout=15,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    states = done.stdout.split()
-    if done.returncode != 0 or not states:
+    done = _ask(["sacct", "-j", job_id, "-X", "-n", "-P", "-o", "State"])
+    states = done.stdout.split() if done else []
+    if done is None or done.returncode != 0 or not states:
         return None
     return not states[0].startswith(WAITING)
 
@@ -133,16 +125,8 @@ class SlurmLauncher:
 
     def find(self, spec: LaunchSpec) -> Handle | None:
         """The queued or running job submitted for `spec` (named after its run folder)."""
-        try:
-            done = subprocess.run(
-                ["squeue", "-h", "-o", "%i", "-n", spec.run_dir.name],
-                capture_output=True,
-                text=True,
-                timeout=15,
-            )
-        except (OSError, subprocess.TimeoutExpired):
-            return None
-        ids = done.stdout.split()
+        done = _ask(["squeue", "-h", "-o", "%i", "-n", spec.run_dir.name])
+        ids = done.stdout.split() if done else []
         return Handle(pid=0, started_at=time.time(), job_id=ids[0]) if ids else None
 
     def running(self, run: ActiveRun) -> bool:
@@ -212,3 +196,11 @@ def _job_id(run: ActiveRun) -> str:
     if run.handle.job_id is None:
         raise LauncherError(f"{run.run_label} has no SLURM job id: it was not started by launcher=slurm")
     return run.handle.job_id
+
+
+def _ask(argv: list[str]) -> subprocess.CompletedProcess | None:
+    """A SLURM query's answer; None when the command cannot start or hangs (15 s)."""
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=15)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
