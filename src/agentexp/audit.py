@@ -17,11 +17,10 @@ import yaml
 
 from agentexp import tracking
 from agentexp.codebase import CodeConfig
-from agentexp.launchers.base import LaunchSpec, training_argv, training_env
+from agentexp.launchers.base import LaunchSpec, run_to_end, training_argv, training_env
 from agentexp.launchers.local import LocalLauncher
 from agentexp.launchers.sandbox import Sandbox, store_paths
 from agentexp.provenance import source_tree
-from agentexp.trainings import run_to_end
 
 RESOLVED = "config/resolved.yaml"
 DIFF = "provenance/git_diff.patch"

@@ -12,9 +12,8 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from agentexp import ranking, tracking
-from agentexp.launchers.base import LaunchSpec, module_argv, training_env
+from agentexp.launchers.base import LaunchSpec, module_argv, run_to_end, training_env
 from agentexp.launchers.local import LocalLauncher
-from agentexp.trainings import run_to_end
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,9 @@ from agentexp.launchers.base import (
     LauncherError,
     LaunchSpec,
     RunOutcome,
+    header_is,
     judge,
+    run_to_end,
     this_launch,
     training_argv,
     training_env,
@@ -75,23 +77,6 @@ class ExecutorConfig(BaseModel):
     """Multi-fidelity: stop a training behind the others at the same epoch (see agentexp.pruning)."""
     stop_grace_s: float = Field(30.0, ge=0)
     """Seconds between SIGTERM and SIGKILL when stopping a training."""
-
-
-def run_to_end(launcher: Launcher, spec: LaunchSpec, poll_s: float = 0.5) -> RunOutcome:
-    """Start one training and wait for it (`agentexp reproduce` reruns through this)."""
-    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    handle = launcher.start(spec)
-    run = ActiveRun(
-        handle=handle,
-        run_label=spec.run_label,
-        log_path=spec.log_path,
-        run_dir=spec.run_dir,
-        cycle=0,
-        cycle_trace_id="",
-    )
-    while (outcome := launcher.poll(run)) is None:
-        time.sleep(poll_s)
-    return outcome
 
 
 class Trainings:
@@ -406,7 +391,7 @@ class Trainings:
         if handle is not None:
             self._adopt(e.run, handle, e.cycle, e.cycle_trace_id, spec)
             return
-        if this_launch(spec.log_path) and _header_is(spec.log_path, e.cycle_trace_id, e.run.attempt):
+        if this_launch(spec.log_path) and header_is(spec.log_path, e.cycle_trace_id, e.run.attempt):
             run = _active(e.run, Handle(pid=0, started_at=0.0), spec.log_path, e.cycle, e.cycle_trace_id)
             self._ended([(run, judge(run, None, stopped=False))])
             return
@@ -416,19 +401,6 @@ class Trainings:
 def _active(intent: LaunchIntent, handle: Handle, log_path: Path, cycle: int, trace: str) -> ActiveRun:
     fields = intent.model_dump(exclude={"decision"})
     return ActiveRun(**fields, handle=handle, log_path=log_path, cycle=cycle, cycle_trace_id=trace)
-
-
-def _header_is(log_path: Path, trace: str, attempt: int) -> bool:
-    """Whether the log's last launch header is this launch's."""
-    try:
-        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
-        return False
-    headers = [line for line in lines if line.startswith(LAUNCH_PREFIX)]
-    if not headers:
-        return False
-    header = json.loads(headers[-1].removeprefix(LAUNCH_PREFIX))
-    return header.get("cycle_trace_id") == trace and header.get("attempt") == attempt
 
 
 def _last_output(run: ActiveRun) -> float:

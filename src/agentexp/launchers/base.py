@@ -6,6 +6,7 @@ import json
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -241,3 +242,33 @@ def training_env(
 def _quote(value: str) -> str:
     """A Hydra override value that stays one literal string (spaces, commas, numbers-looking labels)."""
     return "'" + value.replace("'", "\\'") + "'"
+
+
+def run_to_end(launcher: Launcher, spec: LaunchSpec, poll_s: float = 0.5) -> RunOutcome:
+    """Start one training and wait for it (`agentexp reproduce` reruns through this)."""
+    spec.log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = launcher.start(spec)
+    run = ActiveRun(
+        handle=handle,
+        run_label=spec.run_label,
+        log_path=spec.log_path,
+        run_dir=spec.run_dir,
+        cycle=0,
+        cycle_trace_id="",
+    )
+    while (outcome := launcher.poll(run)) is None:
+        time.sleep(poll_s)
+    return outcome
+
+
+def header_is(log_path: Path, trace: str, attempt: int) -> bool:
+    """Whether the log's last launch header is this launch's."""
+    try:
+        lines = log_path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except FileNotFoundError:
+        return False
+    headers = [line for line in lines if line.startswith(LAUNCH_PREFIX)]
+    if not headers:
+        return False
+    header = json.loads(headers[-1].removeprefix(LAUNCH_PREFIX))
+    return header.get("cycle_trace_id") == trace and header.get("attempt") == attempt
