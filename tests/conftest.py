@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import subprocess
 from pathlib import Path
 
 import mlflow
@@ -84,3 +85,17 @@ def image_folder(tmp_path) -> Path:
         for i in range(8):
             write_image(root / name / f"{i}.png", (r, g + i, b))
     return root
+
+
+@pytest.fixture(scope="module")
+def partition() -> str:
+    """The cluster's default partition; the tests skip when no SLURM answers here."""
+    if shutil.which("sinfo") is None:
+        pytest.skip("no SLURM client on PATH (make test-slurm brings up a local cluster)")
+    try:  # without a controller sinfo retries for ~9 s: the fast suite should not wait for that
+        done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=5)
+    except subprocess.TimeoutExpired:
+        pytest.skip("no SLURM controller answers within 5 s (tests/slurm/cluster.sh up)")
+    if done.returncode != 0:
+        pytest.skip(f"no SLURM cluster answers: {done.stderr.strip()} (tests/slurm/cluster.sh up)")
+    return next(p for p in done.stdout.split() if p.endswith("*")).rstrip("*")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from fake_llm_server import echo_key, fake_server, llama_cpp
-from test_loop import FAST_TRAINING, decision
+from helpers import FAST_TRAINING, decision
 
 from agentexp.cli import build_loop
 from agentexp.config import compose_loop

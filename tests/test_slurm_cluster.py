@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -20,20 +19,6 @@ pytestmark = pytest.mark.slurm
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 TINY = ["debug=fast", "data.image_size=16"]
-
-
-@pytest.fixture(scope="module")
-def partition() -> str:
-    """The cluster's default partition; the tests skip when no SLURM answers here."""
-    if shutil.which("sinfo") is None:
-        pytest.skip("no SLURM client on PATH (make test-slurm brings up a local cluster)")
-    try:  # without a controller sinfo retries for ~9 s: the fast suite should not wait for that
-        done = subprocess.run(["sinfo", "-h", "-o", "%P"], capture_output=True, text=True, timeout=5)
-    except subprocess.TimeoutExpired:
-        pytest.skip("no SLURM controller answers within 5 s (tests/slurm/cluster.sh up)")
-    if done.returncode != 0:
-        pytest.skip(f"no SLURM cluster answers: {done.stderr.strip()} (tests/slurm/cluster.sh up)")
-    return next(p for p in done.stdout.split() if p.endswith("*")).rstrip("*")
 
 
 @pytest.fixture

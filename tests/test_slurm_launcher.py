@@ -11,7 +11,6 @@ import time
 
 import pytest
 from helpers import decision, scripted_loop, wait_for
-from test_slurm_cluster import partition  # noqa: F401 - the fixture: skips when no SLURM answers
 from typer.testing import CliRunner
 
 from agentexp import tracking
@@ -79,7 +78,7 @@ def in_background(loop) -> threading.Thread:
 
 
 @pytest.mark.slurm
-def test_two_trainings_run_as_two_jobs_into_the_store(tmp_path, store, partition):  # noqa: F811
+def test_two_trainings_run_as_two_jobs_into_the_store(tmp_path, store, partition):
     raws = [
         decision(run_label="lr-a", overrides=["optim.lr=0.001"], monitor_seconds=1),
         decision(run_label="lr-b", overrides=["optim.lr=0.002"], monitor_seconds=1),
@@ -97,7 +96,7 @@ def test_two_trainings_run_as_two_jobs_into_the_store(tmp_path, store, partition
 
 
 @pytest.mark.slurm
-def test_a_stop_cancels_the_running_job(tmp_path, partition, fake_trainer):  # noqa: F811
+def test_a_stop_cancels_the_running_job(tmp_path, partition, fake_trainer):
     raws = [decision(run_label="nap-long", monitor_seconds=600)] + [decision("wait")] * 3
     loop = slurm_loop(tmp_path, partition, raws, fake_trainer, "loop.max_cycles=4")
     thread = in_background(loop)
@@ -112,7 +111,7 @@ def test_a_stop_cancels_the_running_job(tmp_path, partition, fake_trainer):  # n
 
 
 @pytest.mark.slurm
-def test_a_job_scancelled_from_outside_ends_killed_and_its_run_too(tmp_path, store, partition):  # noqa: F811
+def test_a_job_scancelled_from_outside_ends_killed_and_its_run_too(tmp_path, store, partition):
     long = "loop.train_overrides=['trainer.epochs=500','debug=fast','data.image_size=16']"
     raws = [decision(run_label="long", monitor_seconds=600), decision("wait", monitor_seconds=1)]
     loop = slurm_loop(tmp_path, partition, raws, long, "loop.max_cycles=2")
@@ -128,7 +127,7 @@ def test_a_job_scancelled_from_outside_ends_killed_and_its_run_too(tmp_path, sto
 
 
 @pytest.mark.slurm
-def test_a_job_past_its_time_limit_ends_killed_and_the_loop_goes_on(tmp_path, partition, fake_trainer):  # noqa: F811
+def test_a_job_past_its_time_limit_ends_killed_and_the_loop_goes_on(tmp_path, partition, fake_trainer):
     raws = [decision(run_label="nap-forever", monitor_seconds=600), decision(run_label="quick")]
     loop = slurm_loop(
         tmp_path, partition, raws, fake_trainer, "launcher.time_limit_min=1", "loop.max_cycles=2"
