@@ -39,12 +39,14 @@ elif mode == "fail":
     for i in range(100):
         print(f"progress line {i}")
     raise RuntimeError("fake crash in the data loader")
-elif mode == "opened_then_crash":
+elif mode.startswith("opened_then_"):  # its run is left RUNNING: a crash, or a signal it could not handle
     from mlflow.tracking import MlflowClient
     client = MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
     experiment = client.get_experiment_by_name(os.environ["MLFLOW_EXPERIMENT_NAME"])
     run_dir = args["hydra.run.dir"].strip("'")
     client.create_run(experiment.experiment_id, tags={"agentexp.run_dir": run_dir, "agentexp.kind": "train"})
+    if mode == "opened_then_killed":
+        os.kill(os.getpid(), signal.SIGTERM)
     raise RuntimeError("crashed after opening its run")
 elif mode == "sleep":
     subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])  # same process group
@@ -160,14 +162,16 @@ def test_failing_trainer_is_failed_with_the_log_tail(ws, store):
     assert "progress line 99" in outcome.error_tail and "progress line 0\n" not in outcome.error_tail
 
 
-def test_a_run_that_crashed_after_opening_its_mlflow_run_ends_with_that_run_id(ws, store):
+@pytest.mark.parametrize(("mode", "status"), [("crash", "FAILED"), ("killed", "KILLED")])
+def test_a_training_gone_after_opening_its_mlflow_run_ends_that_run(ws, store, mode, status):
     t = trainings(ws, store)
-    start(t, "opened", ["mode=opened_then_crash"])
+    start(t, "opened", [f"mode=opened_then_{mode}"])
     (outcome,) = t.watch(60, lambda: False, lambda: None)
-    assert outcome.status == "failed" and "crashed after opening its run" in outcome.error_tail
+    assert outcome.status == status.lower()
     (train,) = store.runs("train")
     assert outcome.mlflow_run_id == train.info.run_id
     assert of_type(ws, RunEnd)[0].run.mlflow_run_id == train.info.run_id
+    assert store.client.get_run(train.info.run_id).info.status == status  # not left RUNNING
 
 
 def test_a_reused_label_is_judged_on_its_own_launch(ws, store):

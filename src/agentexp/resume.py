@@ -40,7 +40,7 @@ def _complete(ws: Workspace, tracker: Tracker, state: State, end: CycleEnd) -> N
     last_line = ws.storyline_tail(1)
     if not last_line or f"[{end.cycle_trace_id}]" not in last_line[0]:
         ws.append_storyline(end.cycle, end.cycle_trace_id, end.story)
-    tracker.finish_if_running(end.decision_run_id)
+    tracker.end_if_running(end.decision_run_id)
 
 
 def _commit_launch(ws: Workspace, tracker: Tracker, state: State, trainings: Trainings, launch: Launch):

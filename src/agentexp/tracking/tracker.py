@@ -87,14 +87,15 @@ class Tracker:
         run = self.client.create_run(self.experiment_id, run_name=f"cycle-{cycle:04d}", tags=tags)
         return run.info.run_id
 
-    def finish_if_running(self, run_id: str) -> None:
-        """End a run FINISHED unless it has ended already (a restart completing a committed cycle)."""
+    def end_if_running(self, run_id: str, status: str = "FINISHED") -> None:
+        """End a run unless it has ended already (a restart completing a committed cycle; a training whose
+        process was killed before it could end its own run)."""
         try:
             running = self.client.get_run(run_id).info.status == "RUNNING"
         except MlflowException:  # not in this store (the store moved between sessions): nothing to end
             return
         if running:
-            self.client.set_terminated(run_id, "FINISHED")
+            self.client.set_terminated(run_id, status)
 
     def log_decision(
         self,
