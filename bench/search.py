@@ -8,7 +8,12 @@ brightness and colour shift. Train and validation share patients' pool (the trai
 best-by-validation configuration (mean over its seed runs, `ranking.rank`) is scored on the test split
 from its runs' best checkpoints by `test_auroc` below.
 
-    nice .venv/bin/python bench/search.py --seeds 2 --budget 6      # ~50 min on 2 shared, loaded cores
+    nice .venv/bin/python bench/search.py --seeds 5 --budget 6 --out a.json
+    nice .venv/bin/python bench/search.py --first-seed 3 --seeds 2 --out b.json   # in parallel, other seeds
+    .venv/bin/python bench/search.py --table a.json b.json                        # one table of both
+
+The budget is N trainings for every method; a training the planner's loop pruned counts as the share of
+its epochs it ran (loop.max_trainings), so the table also gives the epochs each method trained in all.
 """
 
 from __future__ import annotations
@@ -122,7 +127,7 @@ def loop_overrides(work: Path, name: str, budget: int, epochs: int, seed: int) -
         "mentor.enabled=false",
         "code.enabled=false",
         f"loop.max_trainings={budget}",
-        f"loop.max_cycles={budget * 6}",
+        f"loop.max_cycles={budget * 10}",
         "loop.poll_seconds=0.1",
         f"loop.workspace={work / name / 'ws'}",
         f"loop.train_overrides=['trainer.epochs={epochs}']",
@@ -219,32 +224,40 @@ def client_resolved(client: MlflowClient, run_id: str) -> dict:
     return yaml.safe_load(Path(path).read_text())
 
 
-def score(work: Path, experiment: str, test_csv: Path) -> tuple[float, float, int]:
-    """The best-by-validation configuration's validation mean, its seed runs' mean test AUROC, trainings."""
+def score(work: Path, experiment: str, test_csv: Path) -> dict:
+    """The best-by-validation configuration's validation mean and its seed runs' mean test AUROC, the
+    trainings and the epochs trained (pruned runs' included)."""
     rows = rows_of(work, experiment)
     best = ranking.rank(rows, METRIC, "maximize", k=1)[0]
     tests = [test_auroc(run_id, work, test_csv) for run_id in best.seed_run_ids]
-    return best.mean, statistics.fmean(tests), len(rows)
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    epochs = sum(len(client.get_metric_history(row["run_id"], "val_auroc")) for row in rows)
+    return {"val": best.mean, "test": statistics.fmean(tests), "trainings": len(rows), "epochs": epochs}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--seeds", type=int, default=2, help="bench seeds to run")
+    parser.add_argument("--first-seed", type=int, default=0)
     parser.add_argument("--budget", type=int, default=6, help="trainings per search")
     parser.add_argument("--epochs", type=int, default=4)
     parser.add_argument("--patients", type=int, default=140, help="train+validation patients")
     parser.add_argument("--methods", default="planner,default,tpe,random")
     parser.add_argument("--out", type=Path, default=None, help="a JSON file for the results")
+    parser.add_argument("--table", type=Path, nargs="+", help="only print the table of these result files")
     args = parser.parse_args()
+    if args.table:
+        print_table([row for path in args.table for row in json.loads(path.read_text())])
+        return
     os.environ["OMP_NUM_THREADS"] = "1"  # trainings inherit it: on a shared CPU more threads only contend
     work = Path(tempfile.mkdtemp(prefix="search-bench-"))
     pool, test_csv = make_task(work / "data", args.patients, args.patients // 3)
     write_mission(work / "missions", pool)
     agentexp.config.MISSIONS_DIR = work / "missions"  # build_loop reads it at call time
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    results: dict[str, list[tuple[float, float, int]]] = {}
+    results: list[dict] = []
     started = time.perf_counter()
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for method in args.methods.split(","):
             name = f"{method}-s{seed}"
             t0 = time.perf_counter()
@@ -254,23 +267,35 @@ def main() -> None:
                 run_planner(work, name, args.budget, args.epochs, seed)
             else:
                 run_optuna(work, name, args.budget, args.epochs, seed, method)
-            results.setdefault(method, []).append(score(work, name, test_csv))
-            val, test, n = results[method][-1]
+            row = {"method": method, "seed": seed, "budget": args.budget, **score(work, name, test_csv)}
+            row["seconds"] = round(time.perf_counter() - t0)
+            results.append(row)
             print(
-                f"{name}: val {val:.4f} test {test:.4f} ({n} trainings, {time.perf_counter() - t0:.0f} s)",
+                f"{name}: val {row['val']:.4f} test {row['test']:.4f} ({row['trainings']} trainings, "
+                f"{row['epochs']} epochs, {row['seconds']} s)",
                 flush=True,
             )
+            if args.out:
+                args.out.write_text(json.dumps(results, indent=1))
+    print(f"\nbudget {args.budget} trainings of {args.epochs} epochs, {time.perf_counter() - started:.0f} s")
+    print_table(results)
+
+
+def print_table(results: list[dict]) -> None:
+    """Mean ± std over seeds per method, and each seed's figures."""
     print(
-        f"\n{args.seeds} seeds, budget {args.budget} trainings of {args.epochs} epochs, "
-        f"{time.perf_counter() - started:.0f} s"
+        "| method | seeds | validation macro AUROC | test macro AUROC (new patients) | trainings | epochs |"
     )
-    print("| method | validation macro AUROC | test macro AUROC (new patients) | trainings |")
-    print("|---|---|---|---|")
-    for method, found in results.items():
-        vals, tests, ns = zip(*found, strict=True)
-        print(f"| {method} | {_ms(vals)} | {_ms(tests)} | {statistics.fmean(ns):.1f} |")
-    if args.out:
-        args.out.write_text(json.dumps(results, indent=1))
+    print("|---|---|---|---|---|---|")
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        vals, tests = [r["val"] for r in rows], [r["test"] for r in rows]
+        trainings, epochs = (statistics.fmean(r[k] for r in rows) for k in ("trainings", "epochs"))
+        print(f"| {method} | {len(rows)} | {_ms(vals)} | {_ms(tests)} | {trainings:.1f} | {epochs:.1f} |")
+    print()
+    for method in dict.fromkeys(r["method"] for r in results):
+        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+        print(f"{method}: " + "; ".join(f"s{r['seed']} {r['val']:.3f} / {r['test']:.3f}" for r in rows))
 
 
 def run_default(work: Path, name: str, epochs: int, seed: int) -> None:

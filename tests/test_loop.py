@@ -8,12 +8,12 @@ import pytest
 from helpers import FAST_TRAINING, decision, run_loop, write_script
 from typer.testing import CliRunner
 
-from agentexp import tracking
+from agentexp import budget, tracking
 from agentexp.cli import app, build_loop
-from agentexp.config import compose_loop
+from agentexp.config import LoopSettings, compose_loop
 from agentexp.events import CycleEnd, QualityGate, RunEnd, StaleOrphan
 from agentexp.launchers.local import alive
-from agentexp.workspace import Workspace
+from agentexp.workspace import State, Workspace
 
 
 def test_three_cycles_leave_loop_decision_and_nested_training_runs(tmp_path, store):
@@ -181,6 +181,15 @@ def test_max_trainings_ends_the_loop_once_its_trainings_have_ended(tmp_path, sto
     assert all(r.info.status == "FINISHED" for r in trains)
     assert len(store.runs("decision")) == 2  # it did not go on cycling
     assert [e.run.status for e in ws.events() if isinstance(e, RunEnd)] == ["finished", "finished"]
+
+
+@pytest.mark.parametrize(
+    ("spent", "reason"), [(4.0, None), (5.0, None), (5.25, "max_trainings"), (6.0, "max_trainings")]
+)
+def test_a_training_starts_only_while_a_whole_one_fits_the_budget(spent, reason):
+    # 5.25: five whole trainings and a pruned one that ran a quarter of its epochs; a sixth would end at 6.25
+    settings = LoopSettings(max_cycles=100, poll_seconds=0, workspace="ws", max_trainings=6)
+    assert budget.spent(settings, State(), spent, 0.0) == reason
 
 
 def test_the_console_shows_one_line_per_cycle_and_a_closing_summary(tmp_path, store):

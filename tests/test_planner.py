@@ -19,6 +19,7 @@ from agentexp.decisions import Action, MentorReview, WorkerDecision, json_schema
 from agentexp.gate import GateConfig, check, check_composes
 from agentexp.llm import LLMError, LLMRequest, build_backend, parse_llm_config
 from agentexp.llm.planner import PlannerBackend
+from agentexp.llm.planner.evidence import Evidence, PlannerContext
 from agentexp.llm.planner.space import SearchSpace
 from agentexp.mission import load_mission
 from agentexp.pruning import behind
@@ -181,7 +182,7 @@ def test_warm_start_proposes_closer_to_the_best_learning_rate_than_random():
     runs.append(repeat | {"overrides": repeat["overrides"] + ["trainer.seed=1"]})
     seeds = range(100)  # the first proposal varies a lot with the seed: compare means over many
     decisions = [work(planner(seed), context(runs)) for seed in seeds]
-    assert all("TPE proposes after 10 finished configurations" in d.rationale for d in decisions)
+    assert all("TPE proposes after 10 ended configurations" in d.rationale for d in decisions)
     planned = [config_of(d.overrides)["optim.lr"] for d in decisions]
     lr_range = {"lr": optuna.distributions.FloatDistribution(1e-4, 3e-2, log=True)}
     randomly = [
@@ -402,6 +403,30 @@ def test_stall_is_counted_in_trainings_not_in_wait_cycles():
     assert stall_cycles(history) == 10 and stall_trainings(history) == 1
     signals = compute(history, open_todos=0)
     assert signals.stall_trainings == 1 and signals.breakout_priority < 0.2  # nine waits cost no budget
+
+
+def test_a_pruned_configuration_counts_as_ended_at_the_worst_finished_value_and_is_never_reproposed():
+    finished_runs = [
+        run(1, 0.80),
+        seeded(2, 0.81, 1),
+        run(3, 0.70, optim__lr=3e-3),
+        run(4, 0.75, optim__lr=2e-4),
+    ]
+    pruned = run(5, None, "KILLED", optim__lr=3e-2) | {"pruned": True}
+    stopped = run(6, None, "KILLED", optim__lr=2e-2)  # stopped by hand: no evidence about its config
+    before = work(planner(), context([*finished_runs, stopped]))
+    assert "random start-up sample after 3 ended configurations" in before.rationale
+    ctx = PlannerContext.model_validate(context([*finished_runs, stopped, pruned]))
+    trials = planner().planner.study(Evidence(ctx, SearchSpace(SPACE))).trials
+    assert [(t.params["optim.lr"], t.value) for t in trials] == [
+        (1e-3, pytest.approx(0.805)),
+        (3e-3, 0.70),
+        (2e-4, 0.75),
+        (3e-2, 0.70),  # the pruned one, at the worst finished mean
+    ]
+    decisions = [work(planner(seed), context([*finished_runs, stopped, pruned])) for seed in range(20)]
+    assert all("TPE proposes after 4 ended configurations" in d.rationale for d in decisions)
+    assert all(config_of(d.overrides)["optim.lr"] not in (3e-2, 2e-2) for d in decisions)
 
 
 def test_median_rule_stops_a_run_behind_the_others_at_the_same_epoch():

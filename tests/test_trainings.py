@@ -18,7 +18,7 @@ from agentexp import tracking
 from agentexp.events import Launch, Launched, RunEnd
 from agentexp.launchers.base import ActiveRun, Handle
 from agentexp.launchers.local import LocalLauncher, alive
-from agentexp.pruning import PRUNED, PruneConfig, Pruner
+from agentexp.pruning import PruneConfig, Pruner
 from agentexp.repair import RepairConfig
 from agentexp.trainings import ExecutorConfig, Trainings
 
@@ -127,7 +127,7 @@ def test_launch_journals_logs_passes_env_and_ends_under_its_cycle(ws, store, mon
     assert outcome.summary["metric"] == "val_acc" and outcome.error_tail == ""
     (end,) = of_type(ws, RunEnd)
     assert (end.cycle, end.cycle_trace_id, end.run_dir, end.run) == (3, "trace-3", run.run_dir, outcome)
-    assert t.active == [] and t.launched == 1
+    assert t.active == [] and t.spent == 1
     assert logged(run, "env") == {
         "MLFLOW_TRACKING_URI": store.uri,
         "MLFLOW_EXPERIMENT_NAME": "test",
@@ -253,7 +253,7 @@ def test_a_process_started_just_before_a_crash_is_found_not_started_twice(ws, st
     drop_launched(ws)
     again = trainings(ws, store)
     (launch,) = again.resume(ws.events(), committed=0)
-    assert [r.pid for r in again.active] == [run.pid] and again.launched == 1
+    assert [r.pid for r in again.active] == [run.pid] and again.spent == 1
     assert len(of_type(ws, Launched)) == 1  # adopted once, recorded once
     again.stop_all()
 
@@ -405,7 +405,7 @@ def test_real_trainer_run_is_nested_under_its_parent(ws, store):
     assert Path(trained.data.tags[tracking.RUN_DIR]).is_dir()
 
 
-def test_a_training_behind_the_finished_ones_median_is_pruned_through_the_launcher(ws, store):
+def test_a_training_behind_the_finished_ones_median_is_pruned_and_costs_its_share_of_epochs(ws, store):
     tracker = tracking.Tracker(store.uri, "test")
     client = MlflowClient(store.uri)
     for _ in range(3):  # finished peers at val_acc 0.8 by epoch 1
@@ -420,12 +420,14 @@ def test_a_training_behind_the_finished_ones_median_is_pruned_through_the_launch
     mine = client.create_run(
         tracker.experiment_id, tags={tracking.KIND: "train", tracking.RUN_DIR: str(slow.run_dir)}
     )
+    client.log_param(mine.info.run_id, "trainer.epochs", "8")
     client.log_metric(mine.info.run_id, "val_acc", 0.45, step=0)
     assert t.watch(0.3, lambda: False, lambda: None) == [] and t.active  # epoch 0: the warm-up
     client.log_metric(mine.info.run_id, "val_acc", 0.5, step=1)  # epoch 1: best 0.5 < median 0.8
     (outcome,) = t.watch(10, lambda: False, lambda: None)
     assert outcome.status == "killed" and not t.active and not alive(slow.pid)
-    assert client.get_run(mine.info.run_id).data.tags[PRUNED] == "true"
+    assert client.get_run(mine.info.run_id).data.tags[tracking.PRUNED] == "true"
+    assert t.spent == pytest.approx(2 / 8)  # the budget paid for the 2 epochs it ran, not for 8
 
 
 def test_each_training_gets_a_free_gpu_of_its_own_and_a_share_of_the_cores(ws, store, tmp_path):

@@ -41,7 +41,9 @@ class LoopSettings(_Strict):
     """The `.llm_loop` folder, relative to the working directory."""
     run_hours: float | None = Field(None, gt=0)
     max_trainings: int | None = Field(None, ge=1)
-    """Once this many trainings were launched and all have ended, the loop exits (reason max_trainings)."""
+    """Once this many trainings were launched and all have ended, the loop exits (reason max_trainings); a
+    pruned training counts as the share of its epochs it ran, and a new one starts only while a whole one
+    still fits."""
     max_llm_calls: int | None = Field(None, ge=1)
     max_cost_usd: float | None = Field(None, gt=0)
     max_reasks: int = Field(2, ge=0, le=5)

@@ -44,6 +44,8 @@ class RunInfo(BaseModel):
     """The summary metric, when the run logged a finite one."""
     cycle: int | None = None
     """Cycle that launched it (None for runs started by hand)."""
+    pruned: bool = False
+    """Stopped early by the pruner: behind the finished runs at the same epoch."""
 
     @classmethod
     def from_row(cls, row: dict[str, Any], metric: str) -> RunInfo:
@@ -56,6 +58,7 @@ class RunInfo(BaseModel):
             overrides=ranking.overrides_of(row),
             metric=_finite(row["metrics"].get(metric)),
             cycle=tracking.cycle_of(row["tags"].get(tracking.CYCLE_TRACE_ID)),
+            pruned=row["tags"].get(tracking.PRUNED) == "true",
         )
 
 

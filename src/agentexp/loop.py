@@ -95,7 +95,7 @@ class Loop:
         if self.ws.stop_requested():
             return "stop_requested"
         hours = (self.clock() - self.started) / 3600
-        return budget.spent(self.cfg.loop, state, self.trainings.launched, hours)
+        return budget.spent(self.cfg.loop, state, self.trainings.spent, hours)
 
     # ---- one cycle -------------------------------------------------------------------------------
 

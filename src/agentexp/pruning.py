@@ -3,7 +3,8 @@ MedianPruner rule over the per-epoch validation metric the trainer logs to MLflo
 more than the mission's seed-noise band, `noise.band`).
 
 A pruned training goes through the launcher like any stop: its run ends KILLED, and carries the tag
-`agentexp.pruned=true` so the leaderboard (FINISHED runs only) leaves it out and a reader sees why.
+`agentexp.pruned=true` so the leaderboard (FINISHED runs only) leaves it out and a reader sees why. It
+costs the budget only the share of its epochs it ran (`Stop.share`): that is what buys more trials.
 """
 
 from __future__ import annotations
@@ -11,15 +12,13 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentexp import noise, ranking, tracking
 from agentexp.launchers.base import ActiveRun
-
-PRUNED = "agentexp.pruned"
-"""Tag on a run the pruner stopped."""
 
 
 class PruneConfig(BaseModel):
@@ -61,6 +60,16 @@ def behind(
     return noise.beats(median, max(history) if direction == "maximize" else min(history), margin, direction)
 
 
+@dataclass(frozen=True)
+class Stop:
+    """A running training the pruner stops."""
+
+    run: ActiveRun
+    run_id: str
+    share: float
+    """The share of its planned epochs it ran: what it cost the loop.max_trainings budget."""
+
+
 class Pruner:
     """Looks at the running trainings' metric histories against the finished ones' (read once each)."""
 
@@ -70,8 +79,8 @@ class Pruner:
         self._run_ids: dict[str, str] = {}
         self._last = 0.0
 
-    def behind(self, running: list[ActiveRun]) -> list[tuple[ActiveRun, str]]:
-        """The running trainings to stop, each with its MLflow run id (none between two looks)."""
+    def behind(self, running: list[ActiveRun]) -> list[Stop]:
+        """The running trainings to stop (none between two looks)."""
         if not self.cfg.enabled or not running or time.monotonic() - self._last < self.cfg.check_every_s:
             return []
         self._last = time.monotonic()
@@ -84,8 +93,12 @@ class Pruner:
             if history and behind(
                 history, others, self.direction, self.cfg.warmup_epochs, self.cfg.min_runs, band
             ):
-                stop.append((run, run_id))
+                stop.append(Stop(run, run_id, self._share(run_id, len(history))))
         return stop
+
+    def _share(self, run_id: str, epochs_run: int) -> float:
+        planned = MlflowClient(self.tracker.uri).get_run(run_id).data.params.get("trainer.epochs", "")
+        return min(1.0, epochs_run / int(planned)) if planned.isdigit() and int(planned) > 0 else 1.0
 
     def _peers(self, rows: list[dict]) -> list[list[float]]:
         for row in rows:

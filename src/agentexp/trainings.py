@@ -42,7 +42,7 @@ from agentexp.launchers.base import (
     training_env,
 )
 from agentexp.launchers.slots import Gpus, Slots
-from agentexp.pruning import PRUNED, PruneConfig, Pruner
+from agentexp.pruning import PruneConfig, Pruner
 from agentexp.repair import RepairConfig
 from agentexp.workspace import Workspace
 
@@ -102,8 +102,9 @@ class Trainings:
         self.tracker, self.code, self.pruner = tracker, code, pruner
         self.stale_after_cycles, self.stop_stale = stale_after_cycles, stop_stale
         self.active: list[ActiveRun] = []
-        self.launched = 0
-        """First attempts launched by this process (the loop.max_trainings budget)."""
+        self.spent = 0.0
+        """First attempts launched by this process, a pruned one counting as the share of its epochs it
+        ran (the loop.max_trainings budget)."""
 
     # launching -----------------------------------------------------------------------------------
 
@@ -190,7 +191,7 @@ class Trainings:
         run = _active(intent, handle, spec.log_path, cycle, trace)
         self.ws.append_event(Launched(cycle=cycle, cycle_trace_id=trace, run=run))
         self.active.append(run)
-        self.launched += intent.attempt == 1
+        self.spent += intent.attempt == 1
         return run
 
     def free_slots(self) -> int:
@@ -237,9 +238,10 @@ class Trainings:
         """The trainings that ended, and those the pruner stopped (KILLED, tagged agentexp.pruned=true)."""
         ended = [(run, outcome) for run in self.active if (outcome := self.launcher.poll(run))]
         running = [run for run in self.active if all(run is not r for r, _ in ended)]
-        for run, run_id in self.pruner.behind(running) if self.pruner else []:
-            ended.append((run, self.launcher.terminate(run)))
-            tracking.set_tags(self.tracker.uri, run_id, {PRUNED: "true"})
+        for stop in self.pruner.behind(running) if self.pruner else []:
+            ended.append((stop.run, self.launcher.terminate(stop.run)))
+            tracking.set_tags(self.tracker.uri, stop.run_id, {tracking.PRUNED: "true"})
+            self.spent -= 1.0 - stop.share
         return ended
 
     def stop_all(self) -> list[RunOutcome]:

@@ -27,6 +27,7 @@ from agentexp.tracking.names import (
     OVERRIDES,
     PARENT_RUN_ID,
     PID,
+    PRUNED,
     SEED,
     SESSION,
     SLURM_JOB,
@@ -210,7 +211,7 @@ class Tracker:
         return reaped
 
 
-TRAINING_TAGS = (OVERRIDES, CODE_COMMIT, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID, DATA_SPLIT)
+TRAINING_TAGS = (OVERRIDES, CODE_COMMIT, CYCLE_TRACE_ID, SEED, PARENT_RUN_ID, DATA_SPLIT, PRUNED)
 """The tags of a training run the loop reads (as tracking.run_table rows carry them)."""
 
 

@@ -43,6 +43,8 @@ class RunView(_View):
     """Hydra overrides the training ran with."""
     metric: float | None = None
     """The summary metric, when the run logged one."""
+    pruned: bool = False
+    """Stopped early by the pruner (no summary metric: it was behind the others)."""
 
 
 class MetricView(_View):
@@ -112,6 +114,7 @@ class KnownRun:
     metric: float | None
     seed: int | None = None
     """The run's trainer.seed override (None: the trainer's default seed)."""
+    pruned: bool = False
 
     def cite(self) -> str:
         return f"run {_short_id(self.run_id)} ({self.label}) {_fmt_metric(self.metric)}"
@@ -176,6 +179,8 @@ class Evidence:
             groups.setdefault(space.key(run.config), Group()).runs.append(run)
         self.groups = list(groups.values())
         """Finished configurations in the order their first run appears."""
+        self.pruned = [r for r in self.runs if r.pruned and space.key(r.config) not in groups]
+        """Configurations the pruner stopped early (none of their runs finished)."""
         self.band = noise.band(self.groups)
         self.best, self.challengers = self._incumbent()
 
@@ -280,7 +285,8 @@ def _known(view: RunView, space: SearchSpace) -> KnownRun | None:
     metric = view.metric if view.metric is not None and math.isfinite(view.metric) else None
     seeds = [o.partition("=")[2] for o in view.overrides if o.startswith("trainer.seed=")]
     seed = int(seeds[-1]) if seeds and seeds[-1].isdigit() else None
-    return KnownRun(view.run_id, view.run_label or view.run_id, view.status.upper(), config, metric, seed)
+    status = view.status.upper()
+    return KnownRun(view.run_id, view.run_label or view.run_id, status, config, metric, seed, view.pruned)
 
 
 def _runs(n: int) -> str:

@@ -49,7 +49,8 @@ class Planner:
         The budget goes, in this order, to: the trainer's default config (the first incumbent), one
         more seed of it (the seed-noise band), a confirmation seed for a challenger ahead of the
         incumbent within the band, a breakout onto an untried model after a long stagnant stretch,
-        and otherwise a TPE proposal.
+        and otherwise a TPE proposal (random samples until n_startup_trials configurations ended, a
+        pruned one included).
         """
         ev = Evidence(ctx, self.space)
         if ctx.active_runs and len(ctx.active_runs) >= ctx.max_concurrent:
@@ -79,19 +80,20 @@ class Planner:
         return Proposal(config, how)
 
     def _propose(self, ev: Evidence) -> Proposal | None:
-        study = self._study(ev)
-        distributions = self.space.distributions()
-        startup = len(ev.groups) < self.n_startup_trials
-        sampler_name = "random start-up sample" if startup else "TPE proposes"
+        study, distributions = self.study(ev), self.space.distributions()
+        ended = len(study.trials)
+        sampled = "a random start-up sample" if ended < self.n_startup_trials else "TPE proposes"
         for _ in range(MAX_ASKS):
             trial = study.ask(distributions)
             config = self.space.snap(trial.params)
             study.tell(trial, state=optuna.trial.TrialState.FAIL)  # a re-ask must not reuse this trial
             if self.space.key(config) not in ev.tried:
-                return Proposal(config, f"{sampler_name} after {len(ev.groups)} finished configurations")
+                return Proposal(config, f"{sampled} after {ended} ended configurations")
         return _fallback(ev)
 
-    def _study(self, ev: Evidence) -> optuna.Study:
+    def study(self, ev: Evidence) -> optuna.Study:
+        """A TPE study of every ended configuration: a finished one at the mean over its seeds, a pruned one
+        at the worst finished mean (it was behind the others when it stopped)."""
         # A fresh study per call: the context is the whole memory, so restarts change nothing.
         # The seed moves with the history, or every call would draw the same start-up sample.
         seed = int(np.random.SeedSequence([self.seed, len(ev.runs)]).generate_state(1)[0])
@@ -102,11 +104,13 @@ class Planner:
             )
         study = optuna.create_study(direction="maximize" if ev.maximize else "minimize", sampler=sampler)
         distributions = self.space.distributions()
-        for group in ev.groups:  # one trial per configuration: the mean over its seeds
+        ended = [(g.config, g.metric) for g in ev.groups]
+        if ended:
+            worst = min(v for _, v in ended) if ev.maximize else max(v for _, v in ended)
+            ended += [(r.config, worst) for r in ev.pruned]
+        for config, value in ended:
             study.add_trial(
-                optuna.trial.create_trial(
-                    params=group.config, distributions=distributions, value=group.metric
-                )
+                optuna.trial.create_trial(params=config, distributions=distributions, value=value)
             )
         return study
 
