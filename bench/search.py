@@ -6,9 +6,9 @@ The task is generated here, deterministically: 3 classes of small noisy texture 
 brightness and colour shift. Train and validation share patients' pool (the trainer's fixed group split,
 `data.split_seed=0`); the test split holds new patients and is never shown to any search. Each method's
 best-by-validation configuration (mean over its seed runs, `ranking.rank`) is scored on the test split
-from its runs' best checkpoints by `test_auroc` below.
+from its runs' logged best checkpoints by trainers.evaluate (what `agentexp evaluate` runs).
 
-    nice .venv/bin/python bench/search.py --seeds 5 --budget 6 --out a.json
+    nice .venv/bin/python bench/search.py --seeds 3 --budget 6 --out a.json
     nice .venv/bin/python bench/search.py --first-seed 3 --seeds 2 --out b.json   # in parallel, other seeds
     .venv/bin/python bench/search.py --table a.json b.json                        # one table of both
 
@@ -31,7 +31,6 @@ from pathlib import Path
 
 import numpy as np
 import optuna
-import torch
 from mlflow.tracking import MlflowClient
 from PIL import Image
 
@@ -41,9 +40,7 @@ from agentexp.cli.session import build_loop
 from agentexp.config import compose_loop, with_mission_space
 from agentexp.llm.planner.space import SearchSpace
 from agentexp.mission import load_mission
-from trainers.config import TrainConfig
-from trainers.data import FileImages, build_transform
-from trainers.model import Classifier, epoch_metrics
+from trainers import evaluate
 
 REPO = Path(__file__).resolve().parents[1]
 MISSION = "search_bench"
@@ -110,6 +107,7 @@ def write_mission(missions: Path, pool: Path) -> None:
             "data.batch_size=32",
             "data.mean=[0.5,0.5,0.5]",
             "data.std=[0.25,0.25,0.25]",
+            "tracking.log_checkpoint=true",  # the test scores below load it (trainers.evaluate)
         ],
         "space": MISSION_SPACE,
     }
@@ -192,45 +190,14 @@ def rows_of(work: Path, experiment: str) -> list[dict]:
     return tracking.Tracker(f"sqlite:///{work / 'mlflow.db'}", experiment).training_runs()
 
 
-def test_auroc(run_id: str, work: Path, test_csv: Path) -> float:
-    """The run's best checkpoint scored on the test patients (macro AUROC), with the run's eval transform."""
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
-    run = client.get_run(run_id)
-    cfg = TrainConfig.model_validate(json.loads(json.dumps(client_resolved(client, run_id))))
-    model = Classifier(cfg, len(CLASSES), class_weights=torch.ones(len(CLASSES)))  # loaded below
-    ckpt = Path(run.data.tags[tracking.RUN_DIR]) / "checkpoints" / "best.ckpt"
-    model.load_state_dict(torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"])
-    model.eval()
-    with test_csv.open() as handle:
-        rows = list(csv.DictReader(handle))
-    images = FileImages(
-        [test_csv.parent / r["path"] for r in rows],
-        [sorted(CLASSES).index(r["label"]) for r in rows],
-        build_transform(cfg, train=False),
-    )
-    loader = torch.utils.data.DataLoader(images, batch_size=64)
-    probs, labels = [], []
-    with torch.no_grad():
-        for x, y in loader:
-            probs.append(model(x).softmax(1))
-            labels.append(y)
-    return epoch_metrics(torch.cat(probs), torch.cat(labels), len(CLASSES))["val_auroc"]
-
-
-def client_resolved(client: MlflowClient, run_id: str) -> dict:
-    import yaml
-
-    path = client.download_artifacts(run_id, "config/resolved.yaml", tempfile.mkdtemp())
-    return yaml.safe_load(Path(path).read_text())
-
-
 def score(work: Path, experiment: str, test_csv: Path) -> dict:
     """The best-by-validation configuration's validation mean and its seed runs' mean test AUROC, the
     trainings and the epochs trained (pruned runs' included)."""
     rows = rows_of(work, experiment)
     best = ranking.rank(rows, METRIC, "maximize", k=1)[0]
-    tests = [test_auroc(run_id, work, test_csv) for run_id in best.seed_run_ids]
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    tests = [evaluate.score(uri, run_id, test_csv)[1] for run_id in best.seed_run_ids]
+    client = MlflowClient(uri)
     epochs = sum(len(client.get_metric_history(row["run_id"], "val_auroc")) for row in rows)
     return {"val": best.mean, "test": statistics.fmean(tests), "trainings": len(rows), "epochs": epochs}
 

@@ -223,9 +223,9 @@ def best_by_random(seed: int, budget: int) -> float:
 
 
 def test_planner_beats_random_search_at_equal_budget():
-    # Measured over seeds 0..699: the planner wins 89% of these duels and loses by at most 0.013.
-    wins = [best_by_planner(seed, 20) > best_by_random(seed, 20) for seed in range(5)]
-    assert sum(wins) >= 4, wins
+    # Measured over seeds 0..59: the planner wins 77% of these duels (random search would win half).
+    wins = [best_by_planner(seed, 20) > best_by_random(seed, 20) for seed in range(12)]
+    assert sum(wins) >= 9, wins
 
 
 def test_busy_slot_means_wait():
@@ -427,6 +427,14 @@ def test_a_pruned_configuration_counts_as_ended_at_the_worst_finished_value_and_
     decisions = [work(planner(seed), context([*finished_runs, stopped, pruned])) for seed in range(20)]
     assert all("TPE proposes after 4 ended configurations" in d.rationale for d in decisions)
     assert all(config_of(d.overrides)["optim.lr"] not in (3e-2, 2e-2) for d in decisions)
+
+
+def test_a_training_that_failed_before_opening_its_mlflow_run_is_not_proposed_again():
+    # such a training leaves no run in the context: the next cycle sees the same runs
+    runs = [run(1, 0.80), seeded(2, 0.81, 1)]
+    first, again = (work(planner(), context(runs, cycle=cycle)) for cycle in (3, 4))
+    assert first.overrides != again.overrides
+    assert work(planner(), context(runs, cycle=3)).overrides == first.overrides  # a restart changes nothing
 
 
 def test_median_rule_stops_a_run_behind_the_others_at_the_same_epoch():

@@ -166,6 +166,7 @@ class Evidence:
 
     def __init__(self, ctx: PlannerContext, space: SearchSpace):
         self.space = space
+        self.cycle = ctx.cycle
         self.maximize = ctx.metric.direction == "maximize"
         self.direction = ctx.metric.direction
         self.metric_name = ctx.metric.summary

@@ -94,9 +94,10 @@ class Planner:
     def study(self, ev: Evidence) -> optuna.Study:
         """A TPE study of every ended configuration: a finished one at the mean over its seeds, a pruned one
         at the worst finished mean (it was behind the others when it stopped)."""
-        # A fresh study per call: the context is the whole memory, so restarts change nothing.
-        # The seed moves with the history, or every call would draw the same start-up sample.
-        seed = int(np.random.SeedSequence([self.seed, len(ev.runs)]).generate_state(1)[0])
+        # A fresh study per call: the context is the whole memory, so restarts change nothing. The seed
+        # moves with the history and the cycle, or every call would draw the same start-up sample, and a
+        # configuration whose training failed before it opened an MLflow run would be proposed forever.
+        seed = int(np.random.SeedSequence([self.seed, len(ev.runs), ev.cycle]).generate_state(1)[0])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             sampler = optuna.samplers.TPESampler(
