@@ -132,6 +132,7 @@ def loop_overrides(work: Path, name: str, budget: int, epochs: int, seed: int) -
         f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
         f"tracking.experiment={name}",
         "executor.poll_interval_s=0.5",
+        "executor.cpu_threads=1",  # as the other methods' trainings (OMP_NUM_THREADS=1 below)
     ]
 
 
