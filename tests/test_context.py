@@ -101,6 +101,7 @@ def test_structured_context_has_exactly_the_contract_shape(ws, mission):
         "overrides": ["x=a", "trainer.seed=1"],
         "metric": 0.8,
         "cycle": None,
+        "pruned": False,
     }
     assert s["runs"][1]["cycle"] == 2 and s["max_concurrent"] == 1
     assert s["leaderboard"] == ctx.leaderboard and [e["run_label"] for e in s["leaderboard"]] == ["a"]

@@ -259,6 +259,9 @@ def test_a_long_stagnant_stretch_moves_the_incumbent_to_an_untried_model():
     assert config_of(pushed.overrides) | {"model": "resnet18"} == config_of(runs[0]["overrides"])
     assert pushed.strategy_dimension == "model_arch" and "4 configurations in a row" in pushed.rationale
     assert "in a row" not in calm.rationale
+    pruned = run(6, None, "KILLED", model="mobilenetv3_small_100") | {"pruned": True}  # stopped behind
+    also = work(planner(), context([*runs[:-1], pruned]))
+    assert "4 configurations in a row" in also.rationale
 
 
 def test_runs_outside_the_space_are_left_out_and_unsearched_keys_are_ignored():
@@ -385,6 +388,9 @@ def test_a_challenger_within_the_noise_band_is_confirmed_before_it_replaces_the_
     confirmed = seeded(4, 0.83, 1, optim__lr=3e-3)  # mean 0.8325: ahead over two seeds, it replaces
     after = work(planner(), context([*incumbent, close, confirmed]))
     assert after.rationale.startswith("Best so far run 0003abcd") and seed_of(after) is None
+    pruned = seeded(4, None, 1, optim__lr=3e-3) | {"status": "KILLED", "pruned": True}  # fell behind
+    after = work(planner(), context([*incumbent, close, pruned]))
+    assert "confirming" not in after.rationale and seed_of(after) is None
     refuted = seeded(4, 0.79, 1, optim__lr=3e-3)  # mean 0.8125: the incumbent stays, no third seed
     after = work(planner(), context([*incumbent, close, refuted]))
     assert after.rationale.startswith("Best so far run 0001abcd") and seed_of(after) is None

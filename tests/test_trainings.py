@@ -405,29 +405,64 @@ def test_real_trainer_run_is_nested_under_its_parent(ws, store):
     assert Path(trained.data.tags[tracking.RUN_DIR]).is_dir()
 
 
-def test_a_training_behind_the_finished_ones_median_is_pruned_and_costs_its_share_of_epochs(ws, store):
+def pruning_setup(ws, store, launcher: LocalLauncher) -> tuple[Trainings, MlflowClient]:
+    """Trainings with a pruner that checks at every look, and 3 finished peers at val_acc 0.8 by epoch 1."""
     tracker = tracking.Tracker(store.uri, "test")
     client = MlflowClient(store.uri)
-    for _ in range(3):  # finished peers at val_acc 0.8 by epoch 1
+    for _ in range(3):
         peer = client.create_run(tracker.experiment_id, tags={tracking.KIND: "train"}).info.run_id
         for epoch, value in enumerate([0.5, 0.8]):
             client.log_metric(peer, "val_acc", value, step=epoch)
         client.set_terminated(peer, "FINISHED")
     executor = ExecutorConfig(trainer_module="fake_trainer", poll_interval_s=0.05, stop_grace_s=5.0)
     pruner = Pruner(PruneConfig(check_every_s=0), tracker, "val_acc", "maximize")
-    t = Trainings(ws, LocalLauncher(5.0), executor, RepairConfig(enabled=False), tracker, pruner=pruner)
+    return Trainings(ws, launcher, executor, RepairConfig(enabled=False), tracker, pruner=pruner), client
+
+
+def behind_run(t: Trainings, client: MlflowClient, run: ActiveRun, history: list[float]) -> str:
+    """The MLflow run of a fake training, 8 epochs planned, with this val_acc history."""
+    tags = {tracking.KIND: "train", tracking.RUN_DIR: str(run.run_dir)}
+    run_id = client.create_run(t.tracker.experiment_id, tags=tags).info.run_id
+    client.log_param(run_id, "trainer.epochs", "8")
+    for epoch, value in enumerate(history):
+        client.log_metric(run_id, "val_acc", value, step=epoch)
+    return run_id
+
+
+def test_a_training_behind_the_finished_ones_median_is_pruned_and_costs_its_share_of_epochs(ws, store):
+    t, client = pruning_setup(ws, store, LocalLauncher(5.0))
     slow = start(t, "slow-run", ["mode=sleep"])
-    mine = client.create_run(
-        tracker.experiment_id, tags={tracking.KIND: "train", tracking.RUN_DIR: str(slow.run_dir)}
-    )
-    client.log_param(mine.info.run_id, "trainer.epochs", "8")
-    client.log_metric(mine.info.run_id, "val_acc", 0.45, step=0)
+    mine = behind_run(t, client, slow, [0.45])
     assert t.watch(0.3, lambda: False, lambda: None) == [] and t.active  # epoch 0: the warm-up
-    client.log_metric(mine.info.run_id, "val_acc", 0.5, step=1)  # epoch 1: best 0.5 < median 0.8
+    client.log_metric(mine, "val_acc", 0.5, step=1)  # epoch 1: best 0.5 < median 0.8
     (outcome,) = t.watch(10, lambda: False, lambda: None)
     assert outcome.status == "killed" and not t.active and not alive(slow.pid)
-    assert client.get_run(mine.info.run_id).data.tags[tracking.PRUNED] == "true"
+    assert client.get_run(mine).data.tags[tracking.PRUNED] == "true"
     assert t.spent == pytest.approx(2 / 8)  # the budget paid for the 2 epochs it ran, not for 8
+
+
+class LateLauncher(LocalLauncher):
+    """Its first poll of a run misses its end: the pruner then meets a training that has just finished."""
+
+    def __init__(self, grace: float):
+        super().__init__(grace)
+        self.missed: set[str] = set()
+
+    def poll(self, run: ActiveRun):
+        if run.run_label in self.missed:
+            return super().poll(run)
+        self.missed.add(run.run_label)
+        return None
+
+
+def test_a_training_that_finished_as_the_pruner_stopped_it_is_neither_pruned_nor_refunded(ws, store):
+    t, client = pruning_setup(ws, store, LateLauncher(5.0))
+    quick = start(t, "quick", ["mode=finish"])
+    mine = behind_run(t, client, quick, [0.45, 0.5])
+    wait_for(lambda: not alive(quick.pid))
+    (outcome,) = t.watch(10, lambda: False, lambda: None)
+    assert outcome.status == "finished"
+    assert tracking.PRUNED not in client.get_run(mine).data.tags and t.spent == 1
 
 
 def test_each_training_gets_a_free_gpu_of_its_own_and_a_share_of_the_cores(ws, store, tmp_path):

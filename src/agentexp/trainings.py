@@ -239,9 +239,11 @@ class Trainings:
         ended = [(run, outcome) for run in self.active if (outcome := self.launcher.poll(run))]
         running = [run for run in self.active if all(run is not r for r, _ in ended)]
         for stop in self.pruner.behind(running) if self.pruner else []:
-            ended.append((stop.run, self.launcher.terminate(stop.run)))
-            tracking.set_tags(self.tracker.uri, stop.run_id, {tracking.PRUNED: "true"})
-            self.spent -= 1.0 - stop.share
+            outcome = self.launcher.terminate(stop.run)
+            ended.append((stop.run, outcome))
+            if outcome.status == "killed":  # not when it finished meanwhile
+                tracking.set_tags(self.tracker.uri, stop.run_id, {tracking.PRUNED: "true"})
+                self.spent -= 1.0 - stop.share
         return ended
 
     def stop_all(self) -> list[RunOutcome]:

@@ -182,6 +182,8 @@ class Evidence:
         """Finished configurations in the order their first run appears."""
         self.pruned = [r for r in self.runs if r.pruned and space.key(r.config) not in groups]
         """Configurations the pruner stopped early (none of their runs finished)."""
+        self.refuted = {space.key(r.config) for r in self.runs if r.pruned}
+        """Configurations with a pruned run: a pruned confirmation seed fell behind, so no other is tried."""
         self.band = noise.band(self.groups)
         self.best, self.challengers = self._incumbent()
 
@@ -190,9 +192,17 @@ class Evidence:
 
         The first finished configuration starts as the incumbent; a later one replaces it when its mean
         beats the incumbent's beyond the seed-noise band, or, once confirmed by a second seed, when its
-        mean is ahead at all (the confirmation settled what the band left open)."""
+        mean is ahead at all (the confirmation settled what the band left open). A pruned configuration
+        is a challenger that did not replace it."""
         best, challengers = None, 0
-        for group in self.groups:
+        ended = {self.space.key(g.config): g for g in self.groups} | {
+            self.space.key(r.config): None for r in self.pruned
+        }
+        for key in dict.fromkeys(k for r in self.runs if (k := self.space.key(r.config)) in ended):
+            group = ended[key]  # each ended configuration in the order its first run appears
+            if group is None:  # pruned
+                challengers += best is not None
+                continue
             if best is None:
                 best = group
                 continue
@@ -206,7 +216,8 @@ class Evidence:
         return best, challengers
 
     def unconfirmed(self) -> Group | None:
-        """The best configuration ahead of the incumbent within the noise band and still on one seed."""
+        """The best configuration ahead of the incumbent within the noise band and still on one seed, its
+        confirmation neither running nor pruned."""
         if self.best is None:
             return None
         ahead = [
@@ -215,7 +226,7 @@ class Evidence:
             if g is not self.best
             and g.n == 1
             and noise.gain(g.metric, self.best.metric, self.direction) > 0
-            and self.space.key(g.config) not in self.pending
+            and self.space.key(g.config) not in self.pending | self.refuted
         ]
         return self.best_of(ahead)
 
