@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics
 import zlib
 from pathlib import Path
 from types import SimpleNamespace
@@ -174,12 +175,14 @@ def test_minimize_direction_cites_the_lowest_metric_as_best():
 
 
 def test_warm_start_proposes_closer_to_the_best_learning_rate_than_random():
-    # 10 configurations with lr spread over the range (the first with a second seed, so the noise band
-    # is measured and TPE proposes); the metric peaks at lr = 1e-3, the latest (no stagnant stretch).
+    # 10 configurations with lr spread over the range (the first and the best with a second seed: the band
+    # is measured, the incumbent confirmed, TPE proposes); the metric peaks at lr = 1e-3, the latest.
     lrs = [1e-4, 3e-3, 2e-4, 2.5e-3, 3e-4, 2e-3, 5e-4, 1.4e-3, 7e-4, 1e-3]
     runs = [run(i, 0.95 - 0.2 * math.log10(lr / 1e-3) ** 2, optim__lr=lr) for i, lr in enumerate(lrs)]
     repeat = run(10, runs[0]["metric"] + 0.001, optim__lr=lrs[0])
     runs.append(repeat | {"overrides": repeat["overrides"] + ["trainer.seed=1"]})
+    confirmed = run(11, runs[-2]["metric"] - 0.001, optim__lr=lrs[-1])  # the new incumbent's second seed
+    runs.append(confirmed | {"overrides": confirmed["overrides"] + ["trainer.seed=1"]})
     seeds = range(100)  # the first proposal varies a lot with the seed: compare means over many
     decisions = [work(planner(seed), context(runs)) for seed in seeds]
     assert all("TPE proposes after 10 ended configurations" in d.rationale for d in decisions)
@@ -223,9 +226,11 @@ def best_by_random(seed: int, budget: int) -> float:
 
 
 def test_planner_beats_random_search_at_equal_budget():
-    # Measured over seeds 0..59: the planner wins 77% of these duels (random search would win half).
-    wins = [best_by_planner(seed, 20) > best_by_random(seed, 20) for seed in range(12)]
-    assert sum(wins) >= 9, wins
+    # Measured over seeds 0..59: mean best 0.937 vs 0.928, the planner ahead in 72% of the duels (it spends
+    # runs on seed noise and confirmations that random search does not; this landscape is almost noiseless).
+    seeds = range(20)
+    planned, randomly = ([best(seed, 20) for seed in seeds] for best in (best_by_planner, best_by_random))
+    assert statistics.fmean(planned) > statistics.fmean(randomly) + 0.004, (planned, randomly)
 
 
 def test_busy_slot_means_wait():
@@ -394,9 +399,19 @@ def test_a_challenger_within_the_noise_band_is_confirmed_before_it_replaces_the_
     refuted = seeded(4, 0.79, 1, optim__lr=3e-3)  # mean 0.8125: the incumbent stays, no third seed
     after = work(planner(), context([*incumbent, close, refuted]))
     assert after.rationale.startswith("Best so far run 0001abcd") and seed_of(after) is None
-    far = run(3, 0.90, optim__lr=3e-3)  # beyond the band: replaces at once
+    far = run(3, 0.90, optim__lr=3e-3)  # beyond the band: replaces at once, then gets its own second seed
     after = work(planner(), context([*incumbent, far]))
-    assert after.rationale.startswith("Best so far run 0003abcd") and seed_of(after) is None
+    assert (
+        after.rationale.startswith("Best so far run 0003abcd")
+        and "confirming the new incumbent" in after.rationale
+    )
+    assert config_of(after.overrides) == config_of(far["overrides"]) and seed_of(after) == 1
+    lucky = seeded(4, 0.70, 1, optim__lr=3e-3)  # mean 0.80: behind the incumbent 0.82, it hands back
+    after = work(planner(), context([*incumbent, far, lucky]))
+    assert after.rationale.startswith("Best so far run 0001abcd") and seed_of(after) is None
+    behind = seeded(4, None, 1, optim__lr=3e-3) | {"status": "KILLED", "pruned": True}
+    after = work(planner(), context([*incumbent, far, behind]))
+    assert after.rationale.startswith("Best so far run 0001abcd") and seed_of(after) is None
 
 
 def test_stall_is_counted_in_trainings_not_in_wait_cycles():

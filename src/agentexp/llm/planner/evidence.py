@@ -192,8 +192,9 @@ class Evidence:
 
         The first finished configuration starts as the incumbent; a later one replaces it when its mean
         beats the incumbent's beyond the seed-noise band, or, once confirmed by a second seed, when its
-        mean is ahead at all (the confirmation settled what the band left open). A pruned configuration
-        is a challenger that did not replace it."""
+        mean is ahead at all (the confirmation settled what the band left open). A pruned configuration,
+        or one whose confirmation seed was pruned, is a challenger that did not replace it; a new
+        incumbent's own confirmation seed can hand the place back (its mean no longer beats)."""
         best, challengers = None, 0
         ended = {self.space.key(g.config): g for g in self.groups} | {
             self.space.key(r.config): None for r in self.pruned
@@ -206,6 +207,9 @@ class Evidence:
             if best is None:
                 best = group
                 continue
+            if key in self.refuted:  # its confirmation seed was pruned: it fell behind
+                challengers += 1
+                continue
             gain = noise.gain(group.metric, best.metric, self.direction)
             if noise.beats(group.metric, best.metric, self.band, self.direction) or (
                 group.n > 1 and gain > 0
@@ -216,17 +220,25 @@ class Evidence:
         return best, challengers
 
     def unconfirmed(self) -> Group | None:
-        """The best configuration ahead of the incumbent within the noise band and still on one seed, its
-        confirmation neither running nor pruned."""
+        """The incumbent when it replaced another on one seed, else the best configuration ahead of the
+        incumbent within the noise band on one seed; either with its confirmation neither running nor
+        pruned."""
         if self.best is None:
             return None
+        waiting = self.pending | self.refuted
+        if (
+            self.best.n == 1
+            and self.best is not self.groups[0]
+            and self.space.key(self.best.config) not in waiting
+        ):
+            return self.best
         ahead = [
             g
             for g in self.groups
             if g is not self.best
             and g.n == 1
             and noise.gain(g.metric, self.best.metric, self.direction) > 0
-            and self.space.key(g.config) not in self.pending | self.refuted
+            and self.space.key(g.config) not in waiting
         ]
         return self.best_of(ahead)
 

@@ -196,17 +196,23 @@ def _measure_noise(ev: Evidence) -> Proposal | None:
 
 
 def _confirm(ev: Evidence) -> Proposal | None:
-    """A challenger ahead of the incumbent, but within the noise band: a confirmation seed before it may
-    replace the incumbent."""
+    """A confirmation seed for a new incumbent that won on one seed (the search builds on it: a lucky
+    epoch must not steer it), else for a challenger ahead of the incumbent within the noise band."""
     group = ev.unconfirmed()
     if group is None:
         return None
     seed = ev.next_seed(group)
-    gain = noise.gain(group.metric, ev.best.metric, ev.direction)
-    how = (
-        f"confirming {group.cite()} with trainer.seed={seed}: ahead of the incumbent by {gain:.4f}, "
-        f"within the seed-noise band {ev.band:.4f}"
-    )
+    if group is ev.best:
+        how = (
+            f"confirming the new incumbent {group.cite()} with trainer.seed={seed}: it beat the previous "
+            f"one beyond the seed-noise band {ev.band:.4f} on a single seed"
+        )
+    else:
+        gain = noise.gain(group.metric, ev.best.metric, ev.direction)
+        how = (
+            f"confirming {group.cite()} with trainer.seed={seed}: ahead of the incumbent by {gain:.4f}, "
+            f"within the seed-noise band {ev.band:.4f}"
+        )
     return Proposal(group.config, how, seed)
 
 
