@@ -116,7 +116,7 @@ def test_a_job_scancelled_from_outside_ends_killed_and_its_run_too(tmp_path, sto
     raws = [decision(run_label="long", monitor_seconds=600), decision("wait", monitor_seconds=1)]
     loop = slurm_loop(tmp_path, partition, raws, long, "loop.max_cycles=2")
     thread = in_background(loop)
-    run = wait_for(lambda: store.runs("train"), 120, "the training's MLflow run")[0]
+    run = wait_for(lambda: store.runs("train"), 300, "the training's MLflow run")[0]
     job = run.data.tags[tracking.SLURM_JOB]
     subprocess.run(["scancel", job], check=True)
     thread.join(120)
