@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $@
 
-loop: $(STAMP)  ## the offline loop on the built-in digits data: 6 trainings (ARGS="llm=codex loop.max_trainings=20")
+loop: $(STAMP)  ## the offline loop on the built-in digits data: a budget of 6 trainings (ARGS="llm=codex loop.max_trainings=20")
 	.venv/bin/agentexp loop loop.max_trainings=6 loop.max_cycles=60 $(ARGS)
 
 start: $(STAMP)  ## the loop as a background daemon (ARGS="--run-hours 8")
