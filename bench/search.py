@@ -117,6 +117,11 @@ def write_mission(missions: Path, pool: Path) -> None:
     (folder / "mission.md").write_text(f"---\n{json.dumps(front)}\n---\n{brief}")
 
 
+def store_uri(work: Path) -> str:
+    """The one sqlite store every method of the bench logs to."""
+    return f"sqlite:///{work / 'mlflow.db'}"
+
+
 def loop_overrides(work: Path, name: str, budget: int, epochs: int, seed: int) -> list[str]:
     return [
         "llm=planner",
@@ -129,7 +134,7 @@ def loop_overrides(work: Path, name: str, budget: int, epochs: int, seed: int) -
         "loop.poll_seconds=0.1",
         f"loop.workspace={work / name / 'ws'}",
         f"loop.train_overrides=['trainer.epochs={epochs}']",
-        f"tracking.uri=sqlite:///{work / 'mlflow.db'}",
+        f"tracking.uri={store_uri(work)}",
         f"tracking.experiment={name}",
         "executor.poll_interval_s=0.5",
         "executor.cpu_threads=1",  # as the other methods' trainings (OMP_NUM_THREADS=1 below)
@@ -161,7 +166,7 @@ def run_optuna(work: Path, name: str, budget: int, epochs: int, seed: int, sampl
 def train_once(work: Path, experiment: str, label: str, overrides: list[str]) -> float:
     env = {
         **os.environ,
-        tracking.ENV_URI: f"sqlite:///{work / 'mlflow.db'}",
+        tracking.ENV_URI: store_uri(work),
         tracking.ENV_EXPERIMENT: experiment,
     }
     run_dir = work / experiment / "runs" / label
@@ -181,14 +186,14 @@ def train_once(work: Path, experiment: str, label: str, overrides: list[str]) ->
 
 
 def best_of(work: Path, experiment: str, label: str) -> float:
-    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    client = MlflowClient(store_uri(work))
     exp = client.get_experiment_by_name(experiment)
     found = client.search_runs([exp.experiment_id], f"tags.mlflow.runName = '{label}'")
     return found[0].data.metrics.get(METRIC, 0.0) if found else 0.0
 
 
 def rows_of(work: Path, experiment: str) -> list[dict]:
-    return tracking.Tracker(f"sqlite:///{work / 'mlflow.db'}", experiment).training_runs()
+    return tracking.Tracker(store_uri(work), experiment).training_runs()
 
 
 def score(work: Path, experiment: str, test_csv: Path) -> dict:
@@ -196,9 +201,8 @@ def score(work: Path, experiment: str, test_csv: Path) -> dict:
     trainings and the epochs trained (pruned runs' included)."""
     rows = rows_of(work, experiment)
     best = ranking.rank(rows, METRIC, "maximize", k=1)[0]
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    tests = [evaluate.score(uri, run_id, test_csv)[1] for run_id in best.seed_run_ids]
-    client = MlflowClient(uri)
+    tests = [evaluate.score(store_uri(work), run_id, test_csv)[1] for run_id in best.seed_run_ids]
+    client = MlflowClient(store_uri(work))
     epochs = sum(len(client.get_metric_history(row["run_id"], "val_auroc")) for row in rows)
     return {"val": best.mean, "test": statistics.fmean(tests), "trainings": len(rows), "epochs": epochs}
 
@@ -255,14 +259,15 @@ def print_table(results: list[dict]) -> None:
         "| method | seeds | validation macro AUROC | test macro AUROC (new patients) | trainings | epochs |"
     )
     print("|---|---|---|---|---|---|")
-    for method in dict.fromkeys(r["method"] for r in results):
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+    by_method: dict[str, list[dict]] = {}
+    for row in sorted(results, key=lambda r: r["seed"]):
+        by_method.setdefault(row["method"], []).append(row)
+    for method, rows in by_method.items():
         vals, tests = [r["val"] for r in rows], [r["test"] for r in rows]
         trainings, epochs = (statistics.fmean(r[k] for r in rows) for k in ("trainings", "epochs"))
         print(f"| {method} | {len(rows)} | {_ms(vals)} | {_ms(tests)} | {trainings:.1f} | {epochs:.1f} |")
     print()
-    for method in dict.fromkeys(r["method"] for r in results):
-        rows = sorted((r for r in results if r["method"] == method), key=lambda r: r["seed"])
+    for method, rows in by_method.items():
         print(f"{method}: " + "; ".join(f"s{r['seed']} {r['val']:.3f} / {r['test']:.3f}" for r in rows))
 
 

@@ -14,7 +14,6 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from mlflow.tracking import MlflowClient
 from pydantic import BaseModel, ConfigDict, Field
 
 from agentexp import noise, ranking, tracking
@@ -97,7 +96,7 @@ class Pruner:
         return stop
 
     def _share(self, run_id: str, epochs_run: int) -> float:
-        planned = MlflowClient(self.tracker.uri).get_run(run_id).data.params.get("trainer.epochs", "")
+        planned = self.tracker.client.get_run(run_id).data.params.get("trainer.epochs", "")
         return min(1.0, epochs_run / int(planned)) if planned.isdigit() and int(planned) > 0 else 1.0
 
     def _peers(self, rows: list[dict]) -> list[list[float]]:
@@ -107,7 +106,7 @@ class Pruner:
         return list(self._finished.values())
 
     def _history(self, run_id: str) -> list[float]:
-        points = MlflowClient(self.tracker.uri).get_metric_history(run_id, self.key)
+        points = self.tracker.client.get_metric_history(run_id, self.key)
         return [p.value for p in sorted(points, key=lambda p: p.step)]
 
     def _run_id(self, run: ActiveRun) -> str | None:

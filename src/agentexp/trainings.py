@@ -50,8 +50,6 @@ log = logging.getLogger(__name__)
 
 Beat = Callable[[], None]
 StopCheck = Callable[[], bool]
-UNFINISHED = {"killed": "KILLED", "failed": "FAILED"}
-"""The MLflow status a training's run ends with when its process is gone and left the run RUNNING."""
 
 
 class ExecutorConfig(BaseModel):
@@ -242,7 +240,7 @@ class Trainings:
             outcome = self.launcher.terminate(stop.run)
             ended.append((stop.run, outcome))
             if outcome.status == "killed":  # not when it finished meanwhile
-                tracking.set_tags(self.tracker.uri, stop.run_id, {tracking.PRUNED: "true"})
+                self.tracker.set_tags(stop.run_id, {tracking.PRUNED: "true"})
                 self.spent -= 1.0 - stop.share
         return ended
 
@@ -290,8 +288,8 @@ class Trainings:
             if outcome.mlflow_run_id is None:  # it ended before printing its summary: its tags know
                 found = self.tracker.run_by_tag(tracking.RUN_DIR, str(run.run_dir))
                 outcome = outcome.model_copy(update={"mlflow_run_id": found})
-            if outcome.mlflow_run_id and outcome.status in UNFINISHED:  # e.g. SIGKILLed before its end_run
-                self.tracker.end_if_running(outcome.mlflow_run_id, UNFINISHED[outcome.status])
+            if outcome.mlflow_run_id and outcome.status != "finished":  # e.g. SIGKILLed before its end_run
+                self.tracker.end_if_running(outcome.mlflow_run_id, outcome.status.upper())  # KILLED, FAILED
             self.ws.append_event(
                 RunEnd(cycle=run.cycle, cycle_trace_id=run.cycle_trace_id, run=outcome, run_dir=run.run_dir)
             )
